@@ -1,0 +1,92 @@
+// The event loop API: accepts connections on a listening Unix socket and moves bytes between
+// sockets and per-connection Sessions. It knows nothing of tokens or protocols (cf. Redis's ae).
+//
+// Threading: `threads` workers, each with its own io_uring ring (or epoll instance). A connection
+// lives on one worker for its whole life; its Session is only ever called from that worker.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "base/result.h"
+
+namespace tokend::daemon {
+
+struct PeerCred {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// What a Session hands back to the loop. The loop sends `bytes` (then clears it) with one send per
+// connection per batch; when `passFd` >= 0 it is attached to that send with SCM_RIGHTS (the loop
+// does not own or close it) and reset to -1.
+struct Output {
+  std::string bytes;
+  int passFd = -1;
+};
+
+enum class After { Continue, Close };
+
+class Session {
+ public:
+  virtual ~Session() = default;
+  // `in` holds every byte received and not yet consumed. Consume whole requests only, append
+  // their answers to `out`, and set `consumed`. Return Close to close the connection once `out`
+  // has been sent (framing broken, a limit exceeded).
+  virtual After onInput(std::string_view in, size_t& consumed, Output& out) = 0;
+};
+
+class SessionFactory {
+ public:
+  virtual ~SessionFactory() = default;
+  // Called on the worker thread that will own the connection.
+  virtual std::unique_ptr<Session> open(int worker, const PeerCred& peer) = 0;
+};
+
+enum class Backend { Auto, Uring, Epoll };
+
+struct LoopConfig {
+  int threads = 1;
+  Backend backend = Backend::Auto;
+  size_t maxConnections = 4096;       // accepted beyond this are closed at once
+  size_t maxPendingInput = 80 * 1024; // unconsumed bytes per connection before it is closed
+  size_t maxPendingOutput = 1 << 20;  // unsent bytes per connection before reading pauses
+  int stallTimeoutMs = 10000;         // a partial request older than this closes the connection
+  int idleTimeoutMs = 300000;         // a connection with nothing pending is closed after this
+};
+
+// Counters, updated by the workers with relaxed atomics (they are statistics, not sync points).
+struct LoopStats {
+  std::atomic<uint64_t> accepted{0};
+  std::atomic<uint64_t> refused{0};  // over maxConnections
+  std::atomic<uint64_t> closed{0};
+  std::atomic<uint64_t> timedOut{0};
+  std::atomic<uint64_t> open{0};
+  std::atomic<uint64_t> bytesIn{0};
+  std::atomic<uint64_t> bytesOut{0};
+};
+
+class Server {
+ public:
+  virtual ~Server() = default;
+  // Takes a listening, non-blocking, CLOEXEC Unix socket (not owned). With Backend::Auto, tries
+  // io_uring and falls back to epoll with one warning logged.
+  static Result<std::unique_ptr<Server>> create(int listenFd, const LoopConfig& config,
+                                                SessionFactory& factory);
+  // Runs the workers; returns after stop() once every worker has finished.
+  virtual void run() = 0;
+  // Thread- and signal-safe request to stop: stop accepting, answer what was already read,
+  // flush what is owed, close, return from run().
+  virtual void stop() = 0;
+  virtual std::string_view backendName() const = 0;
+  virtual const LoopStats& stats() const = 0;
+};
+
+}  // namespace tokend::daemon
