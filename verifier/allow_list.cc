@@ -1,0 +1,1 @@
+// allow_list: implementation in progress

@@ -1,0 +1,1 @@
+// catalog: implementation in progress

@@ -1,0 +1,1 @@
+// keydb: implementation in progress

@@ -1,0 +1,147 @@
+// KeyDb: the LMDB key database of users and tokens, with the changelog a running daemon follows.
+//
+// Layout: one LMDB environment (a directory, the daemon's data dir) with named databases
+//   meta        "schema" -> u32 version; "trimmed_through" -> u64 txn id (changelog trimmed up to)
+//   users       uuid[16]            -> UserRecord
+//   usernames   username            -> uuid[16]
+//   tokens      id[10]              -> TokenRecord
+//   token_names uuid[16] + name     -> id[10]     (LoginType::Token only; names unique per user)
+//   user_tokens uuid[16] + id[10]   -> ""         (every token of a user, for list and delete)
+//   changelog   txn id (u64 BE)     -> 'T' id[10] | 'U' uuid[16], repeated: what that txn touched
+//
+// Threads: a KeyDb is shared by all threads. A Reader belongs to one thread at a time (LMDB read
+// transactions are tied to threads; the env is opened MDB_NOTLS so a reset Reader may move).
+// One Writer at a time per process (LMDB serialises writers across processes too).
+// Errors: every Result error carries a message "Failed to <verb> <object>: <mdb_strerror>".
+#pragma once
+
+#include <lmdb.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/result.h"
+#include "base/uuid.h"
+#include "verifier/records.h"
+
+namespace tokend::verifier {
+
+inline constexpr uint32_t kSchemaVersion = 1;
+
+struct KeyDbOptions {
+  size_t initialMapSize = size_t{64} << 20;  // grown by doubling on MDB_MAP_FULL
+  size_t maxMapSize = size_t{1} << 40;
+  unsigned maxReaders = 1024;
+  size_t changelogKeep = 65536;  // entries kept before the oldest are trimmed
+  bool readOnly = false;
+};
+
+// What changed since a given transaction id. `gap` means the changelog no longer reaches back that
+// far (trimmed): the follower must drop everything it cached.
+struct Changes {
+  bool gap = false;
+  uint64_t upTo = 0;  // the newest txn id covered
+  std::vector<std::string> tokenIds;
+  std::vector<Uuid> userIds;
+};
+
+class KeyDb;
+
+// Read methods shared by Reader and Writer. Views returned are valid until the transaction ends.
+class Txn {
+ public:
+  Txn(const Txn&) = delete;
+  Txn& operator=(const Txn&) = delete;
+
+  // The raw encoded token record, zero-copy from the map; nullopt when absent.
+  Result<std::optional<std::string_view>> tokenBytes(std::string_view id);
+  Result<std::optional<TokenRecord>> token(std::string_view id);
+  Result<std::optional<UserRecord>> user(const Uuid& id);
+  Result<std::optional<UserRecord>> userByName(std::string_view username);
+  // The LoginType::Token token of `user` named `name`.
+  Result<std::optional<TokenRecord>> tokenByName(const Uuid& user, std::string_view name);
+  Result<std::vector<UserRecord>> users();
+  // Every token of one user, or of all users when `user` is nullopt; ordered by user then id.
+  Result<std::vector<TokenRecord>> tokens(std::optional<Uuid> user);
+  // Changes committed after txn id `since`.
+  Result<Changes> changesSince(uint64_t since);
+  MDB_txn* raw() { return txn_; }
+
+ protected:
+  Txn(KeyDb& db) : db_(db) {}
+  ~Txn() = default;
+  KeyDb& db_;
+  MDB_txn* txn_ = nullptr;
+};
+
+// A long-lived read transaction: begin() renews it, end() resets it (never freed between uses).
+class Reader : public Txn {
+ public:
+  ~Reader();
+  Result<void> begin();
+  void end();
+  uint64_t txnId() const;
+
+ private:
+  friend class KeyDb;
+  explicit Reader(KeyDb& db) : Txn(db) {}
+  bool active_ = false;
+};
+
+// One write transaction; aborted on destruction unless committed. Every mutation records the
+// touched ids, written to the changelog at commit.
+class Writer : public Txn {
+ public:
+  ~Writer();
+  // Insert or replace; keeps usernames unique ("user \"x\" already exists").
+  Result<void> putUser(const UserRecord& u);
+  // Deletes the user, their username and all of their tokens.
+  Result<void> deleteUser(const Uuid& id);
+  // Insert or replace. A LoginType::Token token whose name another token of the same user holds
+  // is refused with "A token with name \"<name>\" already exists.".
+  Result<void> putToken(const TokenRecord& t);
+  Result<void> deleteToken(std::string_view id);
+  Result<void> commit();
+
+ private:
+  friend class KeyDb;
+  explicit Writer(KeyDb& db) : Txn(db) {}
+  std::vector<std::string> touchedTokens_;
+  std::vector<Uuid> touchedUsers_;
+  bool done_ = false;
+};
+
+class KeyDb {
+ public:
+  // Creates `dir` (mode 0700) and the environment if missing; writes or checks the schema
+  // version (a newer one is refused: "database schema N is newer than this build's M").
+  static Result<std::unique_ptr<KeyDb>> open(const std::string& dir, const KeyDbOptions& options = {});
+  ~KeyDb();
+
+  Result<std::unique_ptr<Reader>> reader();
+  // Runs `fn` in one write transaction and commits it; on MDB_MAP_FULL grows the map and runs
+  // `fn` again from the start (so `fn` must have no side effects outside the Writer). Any error
+  // from `fn` aborts the transaction: nothing is written.
+  Result<void> update(const std::function<Result<void>(Writer&)>& fn);
+  // The id of the last committed write transaction of any process (cheap: no transaction).
+  uint64_t lastTxnId() const;
+  size_t mapSize() const;
+  MDB_env* env() { return env_; }
+
+ private:
+  friend class Txn;
+  friend class Reader;
+  friend class Writer;
+  KeyDb() = default;
+  MDB_env* env_ = nullptr;
+  MDB_dbi meta_ = 0, users_ = 0, usernames_ = 0, tokens_ = 0, tokenNames_ = 0, userTokens_ = 0,
+          changelog_ = 0;
+  KeyDbOptions options_;
+};
+
+}  // namespace tokend::verifier

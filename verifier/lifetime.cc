@@ -1,0 +1,1 @@
+// lifetime: implementation in progress

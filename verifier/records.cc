@@ -1,0 +1,1 @@
+// records: implementation in progress

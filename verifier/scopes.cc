@@ -1,0 +1,1 @@
+// scopes: implementation in progress

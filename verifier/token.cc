@@ -1,0 +1,1 @@
+// token: implementation in progress
