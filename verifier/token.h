@@ -1,0 +1,52 @@
+// Token format: minting from the CSPRNG, strict parsing, SHA-256 of the secret, constant-time
+// compare.
+#pragma once
+
+#include <openssl/evp.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "verifier/records.h"
+
+namespace tokend::verifier {
+
+struct ParsedToken {
+  std::string_view id;      // kTokenIdLength characters
+  std::string_view secret;  // kSecretLength characters
+};
+
+// "<10 alnum>-<22 alnum>", nothing else; nullopt is the `malformed` verdict.
+std::optional<ParsedToken> parseToken(std::string_view text);
+bool isTokenId(std::string_view id);
+
+// n characters drawn without bias from 0-9A-Za-z with RAND_bytes (rejection sampling);
+// aborts if the CSPRNG fails, since a predictable token is worse than no token.
+std::string randomAlnum(size_t n);
+
+struct NewToken {
+  std::string id;
+  std::string secret;
+  std::string text() const { return id + "-" + secret; }
+};
+NewToken mintToken();
+
+// SHA-256 through one reused EVP context. Not thread-safe: one per thread.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  Digest digest(std::string_view data);
+
+ private:
+  EVP_MD_CTX* ctx_;
+  EVP_MD* md_;
+};
+
+// Constant-time comparison of two 32-byte digests (CRYPTO_memcmp).
+bool digestEquals(const uint8_t* a, const uint8_t* b);
+
+}  // namespace tokend::verifier
