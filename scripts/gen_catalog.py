@@ -73,8 +73,7 @@ def main(src, dst):
     for r, acts in public.items():
         for a in acts:
             if a == "*":
-                public_wild.append(res_index[r])
-                public_bits += expand(f"{r}:*", "public")
+                public_wild.append(res_index[r])  # the scope <r>:* itself, not every pair
             else:
                 public_bits += expand(f"{r}:{a}", "public")
 

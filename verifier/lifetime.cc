@@ -35,20 +35,20 @@ Result<void> readDuration(std::initializer_list<const char*> names, int64_t& out
 
 Result<LifetimeConfig> lifetimeConfigFromEnv() {
   LifetimeConfig c;
-  for (auto [names, field] :
-       {std::pair{
-            std::initializer_list<const char*>{"TOKEND_SESSION_DURATION", "CODER_SESSION_DURATION"},
-            &c.sessionDuration},
-        std::pair{std::initializer_list<const char*>{"TOKEND_DEFAULT_TOKEN_LIFETIME",
-                                                     "CODER_DEFAULT_TOKEN_LIFETIME"},
-                  &c.defaultTokenLifetime},
-        std::pair{std::initializer_list<const char*>{"TOKEND_MAX_TOKEN_LIFETIME",
-                                                     "CODER_MAX_TOKEN_LIFETIME"},
-                  &c.maxTokenLifetime},
-        std::pair{std::initializer_list<const char*>{"TOKEND_MAX_ADMIN_TOKEN_LIFETIME",
-                                                     "CODER_MAX_ADMIN_TOKEN_LIFETIME"},
-                  &c.maxAdminTokenLifetime}}) {
-    if (auto r = readDuration(names, *field); !r) return r.error();
+  struct Setting {
+    const char* name;
+    const char* alias;
+    int64_t* field;
+  };
+  const Setting settings[] = {
+      {"TOKEND_SESSION_DURATION", "CODER_SESSION_DURATION", &c.sessionDuration},
+      {"TOKEND_DEFAULT_TOKEN_LIFETIME", "CODER_DEFAULT_TOKEN_LIFETIME", &c.defaultTokenLifetime},
+      {"TOKEND_MAX_TOKEN_LIFETIME", "CODER_MAX_TOKEN_LIFETIME", &c.maxTokenLifetime},
+      {"TOKEND_MAX_ADMIN_TOKEN_LIFETIME", "CODER_MAX_ADMIN_TOKEN_LIFETIME",
+       &c.maxAdminTokenLifetime},
+  };
+  for (const Setting& s : settings) {
+    if (auto r = readDuration({s.name, s.alias}, *s.field); !r) return r.error();
   }
   const char* which = nullptr;
   if (const char* v = envValue(
