@@ -1,0 +1,36 @@
+// tokend's configuration: flags, their environment variables, and defaults (SPEC 3, 7, 9, 10).
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "base/result.h"
+#include "daemon/loop.h"
+#include "verifier/lifetime.h"
+
+namespace tokend::daemon {
+
+struct Config {
+  std::string dataDir = "data";
+  std::string socketPath;  // default <dataDir>/tokend.sock
+  unsigned socketMode = 0660;
+  LoopConfig loop;
+  size_t cacheEntries = 1 << 16;  // slots in the shared-memory cache (a power of two)
+  std::vector<uid_t> shmAllowUids;
+  std::vector<gid_t> shmAllowGids;
+  verifier::LifetimeConfig lifetimes;
+  int writebackIntervalMs = 250;  // SPEC 3: at least once a second
+  int invalidationPollUs = 1000;  // how often the changelog watcher looks (SPEC 6: within 10 ms)
+  bool createAdmin = true;        // a fresh data dir gets an owner "admin" and a first token
+  std::string logLevel = "info";
+};
+
+enum class ParseOutcome { Run, Exit };
+
+// Parses argv over the environment over the defaults. On --help or a usage error, prints and
+// sets `exitCode`, returning Exit.
+ParseOutcome parseConfig(int argc, char** argv, Config& config, int& exitCode);
+
+}  // namespace tokend::daemon

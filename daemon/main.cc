@@ -1,0 +1,159 @@
+// tokend: the token-verification daemon's entry point: configuration, the key database, the
+// shared-memory cache, the socket, the workers, and an orderly shutdown on SIGTERM/SIGINT.
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/unique_fd.h"
+#include "daemon/config.h"
+#include "daemon/management.h"
+#include "daemon/service.h"
+#include "daemon/session.h"
+#include "shm/cache.h"
+#include "verifier/catalog.h"
+#include "verifier/manage.h"
+
+namespace tokend::daemon {
+namespace {
+
+Result<UniqueFd> listenUnix(const std::string& path, unsigned mode) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return makeError("socket path is too long: " + path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+
+  // A socket file left by a daemon that died is removed; one a live daemon answers on is not.
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return makeError(path + " exists and is not a socket");
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+      return makeError("another tokend is serving " + path, -EADDRINUSE);
+    }
+    ::unlink(path.c_str());
+  }
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return Error::fromErrno(errno, "Failed to create the socket");
+  // Bind with a restrictive umask, then open up to `mode`: no moment where it is wider.
+  mode_t old = ::umask(0177);
+  int rc = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  ::umask(old);
+  if (rc != 0) return Error::fromErrno(errno, "Failed to bind " + path);
+  if (::chmod(path.c_str(), mode) != 0) return Error::fromErrno(errno, "Failed to chmod " + path);
+  if (::listen(fd.get(), 4096) != 0) return Error::fromErrno(errno, "Failed to listen on " + path);
+  return fd;
+}
+
+// On a fresh data dir: an owner named admin and a first token, printed once on stdout.
+Result<void> createAdmin(verifier::Manager& manager) {
+  auto users = manager.users();
+  if (!users) return users.error();
+  if (!users->empty()) return {};
+  auto admin = manager.createUser("admin", {"owner"}, clockNow());
+  if (!admin) return admin.error();
+  verifier::CreateTokenRequest req;
+  req.user = admin->id;
+  req.name = "first-token";
+  auto token = manager.createToken(req, clockNow());
+  if (!token) return token.error();
+  log::info(
+      "Created the owner \"admin\" and its first token \"first-token\" (expires {}); the token is "
+      "printed once on stdout",
+      token->record.expiresAt);
+  fmt::print("{}\n", token->key);
+  std::fflush(stdout);
+  return {};
+}
+
+int run(int argc, char** argv) {
+  Config config;
+  int exitCode = 0;
+  if (parseConfig(argc, argv, config, exitCode) == ParseOutcome::Exit) return exitCode;
+  log::setLevel(config.logLevel == "debug"   ? log::Level::Debug
+                : config.logLevel == "warn"  ? log::Level::Warn
+                : config.logLevel == "error" ? log::Level::Error
+                                             : log::Level::Info);
+
+  // Signals are taken by one thread with sigwait: block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  auto db = verifier::KeyDb::open(config.dataDir);
+  if (!db) {
+    log::error("Failed to open the key database in {}: {}", config.dataDir, db.error().message);
+    return 1;
+  }
+  verifier::Manager manager(**db, config.lifetimes);
+  if (config.createAdmin) {
+    if (auto r = createAdmin(manager); !r) {
+      log::error("Failed to create the admin user: {}", r.error().message);
+      return 1;
+    }
+  }
+  auto cache = shm::Cache::create({config.cacheEntries, verifier::catalog::version()});
+  if (!cache) {
+    log::error("Failed to create the shared-memory cache: {}", cache.error().message);
+    return 1;
+  }
+  auto listener = listenUnix(config.socketPath, config.socketMode);
+  if (!listener) {
+    log::error("Failed to listen: {}", listener.error().message);
+    return 1;
+  }
+
+  Metrics metrics(config.loop.threads);
+  Service service(
+      **db, *cache, metrics,
+      ServiceOptions{config.lifetimes, config.writebackIntervalMs, config.invalidationPollUs});
+  Management management(service, manager);
+  SessionFactoryImpl factory(service, management,
+                             SessionConfig{config.shmAllowUids, config.shmAllowGids},
+                             config.loop.threads);
+  auto server = Server::create(listener->get(), config.loop, factory);
+  if (!server) {
+    log::error("Failed to start the event loop: {}", server.error().message);
+    ::unlink(config.socketPath.c_str());
+    return 1;
+  }
+  factory.setLoopStats(&(*server)->stats());
+  service.start();
+
+  std::thread signalThread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    log::info("Received {}: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    (*server)->stop();
+  });
+  log::info("tokend listening on {} ({} backend, {} threads, {} cache slots, data dir {})",
+            config.socketPath, (*server)->backendName(), config.loop.threads, cache->slotCount(),
+            config.dataDir);
+  (*server)->run();
+
+  // Nothing new arrives now: commit what the workers saw, then leave.
+  service.stop();
+  ::unlink(config.socketPath.c_str());
+  // The signal thread is still waiting if run() ended on its own: wake it.
+  pthread_kill(signalThread.native_handle(), SIGTERM);
+  signalThread.join();
+  log::info("tokend stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace tokend::daemon
+
+int main(int argc, char** argv) {
+  return tokend::daemon::run(argc, argv);
+}

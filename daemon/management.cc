@@ -1,0 +1,376 @@
+// The management API: routing, authorisation and JSON bodies.
+#include "daemon/management.h"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "base/clock.h"
+#include "verifier/api_json.h"
+#include "verifier/catalog.h"
+#include "verifier/scopes.h"
+
+namespace tokend::daemon {
+
+using namespace tokend::verifier;
+using Json = nlohmann::json;
+
+namespace {
+
+struct Reply {
+  int status = 200;
+  Json body;
+};
+
+Reply error(int status, std::string message, std::string detail = {}) {
+  return Reply{status, Json{{"message", std::move(message)}, {"detail", std::move(detail)}}};
+}
+
+int statusOf(const Error& e) {
+  switch (-e.code) {
+    case EINVAL:
+      return 400;
+    case ENOENT:
+      return 404;
+    case EEXIST:
+      return 409;
+    default:
+      return 500;
+  }
+}
+
+Reply fromError(const Error& e) {
+  int status = statusOf(e);
+  if (status == 500) return error(500, "Internal error.", e.message);
+  return error(status, e.message);
+}
+
+std::vector<std::string_view> split(std::string_view path) {
+  std::vector<std::string_view> parts;
+  while (!path.empty()) {
+    auto slash = path.find('/');
+    std::string_view part = path.substr(0, slash);
+    if (!part.empty()) parts.push_back(part);
+    if (slash == std::string_view::npos) break;
+    path.remove_prefix(slash + 1);
+  }
+  return parts;
+}
+
+// Every scope a user may request through this API.
+Json publicScopes() {
+  Json out = Json::array();
+  for (int r = 0; r < catalog::resourceCount(); ++r) {
+    if (catalog::publicWildcard(r)) out.push_back(std::string(catalog::resourceName(r)) + ":*");
+  }
+  PermSet pub = catalog::publicPermissions();
+  for (int b = 0; b < catalog::permissionCount(); ++b) {
+    if (pub.test(b)) out.push_back(std::string(catalog::permissionName(b)));
+  }
+  for (const char* s :
+       {"coder:all", "coder:application_connect", "coder:workspaces.create",
+        "coder:workspaces.operate", "coder:workspaces.delete", "coder:workspaces.access",
+        "coder:templates.build", "coder:templates.author", "coder:apikeys.manage_self"}) {
+    if (catalog::findBundle(s)) out.push_back(s);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<std::string> stringList(const Json& j, const char* field, std::string& problem) {
+  std::vector<std::string> out;
+  if (!j.contains(field) || j[field].is_null()) return out;
+  if (!j[field].is_array()) {
+    problem = fmt::format("\"{}\" must be an array of strings", field);
+    return out;
+  }
+  for (const auto& v : j[field]) {
+    if (!v.is_string()) {
+      problem = fmt::format("\"{}\" must be an array of strings", field);
+      return out;
+    }
+    out.push_back(v.get<std::string>());
+  }
+  return out;
+}
+
+class Call {
+ public:
+  Call(Service& s, Manager& m, Service::Worker& w, const HttpRequest& r, DecodeBuffer& scratch)
+      : service_(s), manager_(m), worker_(w), req_(r), scratch_(scratch) {}
+
+  Reply run() {
+    auto token = extractToken(req_, scratch_);
+    if (!token) return error(400, "Bad request.", token.error().message);
+    token_ = *token;
+    if (token_.empty())
+      return error(401, "You must be authenticated to use this endpoint.", "missing");
+    VerifyAnswer a;
+    if (!service_.verify(worker_, VerifyQuery{token_, {}, {}, {}}, a)) {
+      return error(500, "Internal error.", "the key database could not be read");
+    }
+    if (a.reason != Reason::Ok) {
+      return error(401, "Your token is not valid.", std::string(reasonName(a.reason)));
+    }
+    auto caller = manager_.user(a.userId.toString());
+    if (!caller) return error(401, "Your token is not valid.", "unknown");
+    caller_ = std::move(*caller);
+    return route();
+  }
+
+ private:
+  // Whether the caller's token may do `permission` (with `owner` when set): the full decision.
+  std::optional<Reply> require(const char* permission, const Uuid* owner = nullptr) {
+    std::string ownerText = owner ? owner->toString() : std::string();
+    VerifyAnswer a;
+    if (!service_.verify(worker_, VerifyQuery{token_, permission, {}, ownerText}, a)) {
+      return error(500, "Internal error.", "the key database could not be read");
+    }
+    if (a.reason == Reason::Ok) return std::nullopt;
+    return error(403, fmt::format("Forbidden: your token may not {}.", permission),
+                 std::string(reasonName(a.reason)));
+  }
+
+  Result<UserRecord> target(std::string_view ref) {
+    if (ref == "me") return caller_;
+    return manager_.user(ref);
+  }
+
+  Result<Json> body() {
+    if (req_.body.empty()) return Json::object();
+    Json j = Json::parse(req_.body, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return makeError("the body is not a JSON object");
+    return j;
+  }
+
+  Reply route() {
+    auto p = split(req_.path);
+    const std::string_view m = req_.method;
+    // p[0] == "api", p[1] == "v2"
+    if (p.size() == 4 && p[2] == "auth" && p[3] == "scopes" && m == "GET") {
+      return Reply{200, Json{{"external", publicScopes()}}};
+    }
+    if (p.size() < 3 || p[2] != "users") return error(404, "Not found.", std::string(req_.path));
+    if (p.size() == 3) {
+      if (m == "GET") return listUsers();
+      if (m == "POST") return createUser();
+      return error(405, "Method not allowed.");
+    }
+    auto t = target(p[3]);
+    if (!t) return fromError(t.error());
+    const UserRecord& user = *t;
+    if (p.size() == 4) {
+      if (m == "GET") return viewUser(user);
+      if (m == "DELETE") return deleteUser(user);
+      return error(405, "Method not allowed.");
+    }
+    if (p.size() == 6 && p[4] == "status" && m == "PUT" &&
+        (p[5] == "suspend" || p[5] == "activate")) {
+      return setStatus(user, p[5] == "activate");
+    }
+    if (p.size() == 5 && p[4] == "roles" && m == "PUT") return setRoles(user);
+    if (p[4] != "keys") return error(404, "Not found.", std::string(req_.path));
+
+    // Tokens of `user`: another user's need the owner role.
+    if (user.id != caller_.id && !hasOwnerRole(caller_.roles)) {
+      return error(403, "Only owners may manage other users' tokens.");
+    }
+    if (p.size() == 5 && m == "POST") return createSession(user);
+    if (p.size() >= 6 && p[5] == "tokens") {
+      if (p.size() == 6 && m == "POST") return createToken(user);
+      if (p.size() == 6 && m == "GET") return listTokens(user);
+      if (p.size() == 7 && p[6] == "tokenconfig" && m == "GET") return tokenConfig(user);
+      if (p.size() == 7 && m == "GET") return viewToken(user, p[6], false);
+      return error(405, "Method not allowed.");
+    }
+    if (p.size() == 6 && m == "GET") return viewToken(user, p[5], true);
+    if (p.size() == 6 && m == "DELETE") return deleteToken(user, p[5]);
+    if (p.size() == 7 && p[6] == "expire" && m == "PUT") return expireToken(user, p[5]);
+    return error(404, "Not found.", std::string(req_.path));
+  }
+
+  Reply createToken(const UserRecord& user) {
+    if (auto denied = require("api_key:create", &user.id)) return *denied;
+    auto b = body();
+    if (!b) return error(400, "Bad request.", b.error().message);
+    std::string problem;
+    CreateTokenRequest r;
+    r.user = user.id;
+    r.publicOnly = true;
+    r.scopes = stringList(*b, "scopes", problem);
+    if (b->contains("scope") && (*b)["scope"].is_string()) r.scopes.push_back((*b)["scope"]);
+    r.allowList = stringList(*b, "allow_list", problem);
+    if (!problem.empty()) return error(400, "Bad request.", problem);
+    if (b->contains("token_name")) {
+      if (!(*b)["token_name"].is_string())
+        return error(400, "Bad request.", "\"token_name\" must be a string");
+      r.name = (*b)["token_name"].get<std::string>();
+    }
+    if (b->contains("lifetime")) {
+      if (!(*b)["lifetime"].is_number_integer())
+        return error(400, "Bad request.", "\"lifetime\" must be whole seconds");
+      r.lifetime = (*b)["lifetime"].get<int64_t>();
+    }
+    auto created = manager_.createToken(r, clockNow());
+    if (!created) return fromError(created.error());
+    Json j = tokenJson(created->record, user.username);
+    j["key"] = created->key;
+    return Reply{201, j};
+  }
+
+  Reply createSession(const UserRecord& user) {
+    if (auto denied = require("api_key:create", &user.id)) return *denied;
+    auto b = body();
+    if (!b) return error(400, "Bad request.", b.error().message);
+    std::string kind = b->value("login_type", std::string("password"));
+    auto lt = parseLoginType(kind);
+    if (!lt || *lt == LoginType::Token) {
+      return error(400,
+                   fmt::format("invalid login type \"{}\": want password, oidc or github", kind));
+    }
+    auto created = manager_.createSession(user.id, *lt, clockNow());
+    if (!created) return fromError(created.error());
+    Json j = tokenJson(created->record, user.username);
+    j["key"] = created->key;
+    return Reply{201, j};
+  }
+
+  Reply listTokens(const UserRecord& user) {
+    if (auto denied = require("api_key:read", &user.id)) return *denied;
+    auto flag = [&](const char* name) {
+      auto v = queryParam(req_.query, name, scratch_);
+      return v && (*v == "true" || *v == "1");
+    };
+    bool all = flag("include_all");
+    if (all && !hasOwnerRole(caller_.roles))
+      return error(403, "Only owners may list every user's tokens.");
+    auto tokens = manager_.tokens(all ? std::nullopt : std::optional<Uuid>(user.id),
+                                  flag("include_expired"), clockNow());
+    if (!tokens) return fromError(tokens.error());
+    std::map<Uuid, std::string> names{{user.id, user.username}};
+    if (all) {
+      if (auto users = manager_.users()) {
+        for (const UserRecord& u : *users) names[u.id] = u.username;
+      }
+    }
+    Json out = Json::array();
+    for (const TokenRecord& t : *tokens) out.push_back(tokenJson(t, names[t.userId]));
+    return Reply{200, out};
+  }
+
+  Reply tokenConfig(const UserRecord& user) {
+    if (auto denied = require("api_key:read", &user.id)) return *denied;
+    const LifetimeConfig& c = manager_.config();
+    int64_t cap = hasOwnerRole(user.roles) ? c.maxAdminTokenLifetime : c.maxTokenLifetime;
+    // Coder reports durations in nanoseconds.
+    return Reply{200, Json{{"max_token_lifetime", cap * 1000000000LL},
+                           {"default_token_lifetime", c.defaultTokenLifetime * 1000000000LL}}};
+  }
+
+  Reply viewToken(const UserRecord& user, std::string_view ref, bool byId) {
+    if (auto denied = require("api_key:read", &user.id)) return *denied;
+    if (byId && !isTokenId(ref)) return error(404, fmt::format("token \"{}\" not found", ref));
+    auto t = manager_.findToken(ref, user.id);
+    if (!t) return fromError(t.error());
+    return Reply{200, tokenJson(*t, user.username)};
+  }
+
+  Reply expireToken(const UserRecord& user, std::string_view id) {
+    if (auto denied = require("api_key:update", &user.id)) return *denied;
+    if (!isTokenId(id)) return error(404, fmt::format("token \"{}\" not found", id));
+    auto t = manager_.expireToken(id, user.id, clockNow());
+    if (!t) return fromError(t.error());
+    return Reply{200, tokenJson(*t, user.username)};
+  }
+
+  Reply deleteToken(const UserRecord& user, std::string_view id) {
+    if (auto denied = require("api_key:delete", &user.id)) return *denied;
+    if (!isTokenId(id)) return error(404, fmt::format("token \"{}\" not found", id));
+    auto t = manager_.deleteToken(id, user.id);
+    if (!t) return fromError(t.error());
+    return Reply{200, tokenJson(*t, user.username)};
+  }
+
+  Reply listUsers() {
+    if (auto denied = require("user:read")) return *denied;
+    auto users = manager_.users();
+    if (!users) return fromError(users.error());
+    Json out = Json::array();
+    for (const UserRecord& u : *users) out.push_back(userJson(u));
+    return Reply{200, out};
+  }
+
+  Reply viewUser(const UserRecord& user) {
+    if (user.id != caller_.id) {
+      if (auto denied = require("user:read")) return *denied;
+    }
+    return Reply{200, userJson(user)};
+  }
+
+  Reply createUser() {
+    if (auto denied = require("user:create")) return *denied;
+    auto b = body();
+    if (!b) return error(400, "Bad request.", b.error().message);
+    std::string problem;
+    auto roles = stringList(*b, "roles", problem);
+    if (!problem.empty()) return error(400, "Bad request.", problem);
+    if (!hasOwnerRole(caller_.roles) && hasOwnerRole(splitList(roles))) {
+      return error(403, "Only owners may grant the owner role.");
+    }
+    auto u = manager_.createUser(b->value("username", std::string()), roles, clockNow());
+    if (!u) return fromError(u.error());
+    return Reply{201, userJson(*u)};
+  }
+
+  Reply setStatus(const UserRecord& user, bool active) {
+    if (auto denied = require("user:update")) return *denied;
+    auto u = manager_.setStatus(user.id.toString(),
+                                active ? UserStatus::Active : UserStatus::Suspended, clockNow());
+    if (!u) return fromError(u.error());
+    return Reply{200, userJson(*u)};
+  }
+
+  Reply setRoles(const UserRecord& user) {
+    if (auto denied = require("user:update")) return *denied;
+    auto b = body();
+    if (!b) return error(400, "Bad request.", b.error().message);
+    std::string problem;
+    auto roles = stringList(*b, "roles", problem);
+    if (!problem.empty()) return error(400, "Bad request.", problem);
+    if (!hasOwnerRole(caller_.roles) &&
+        (hasOwnerRole(splitList(roles)) || hasOwnerRole(user.roles))) {
+      return error(403, "Only owners may grant or take the owner role.");
+    }
+    auto u = manager_.setRoles(user.id.toString(), roles, clockNow());
+    if (!u) return fromError(u.error());
+    return Reply{200, userJson(*u)};
+  }
+
+  Reply deleteUser(const UserRecord& user) {
+    if (auto denied = require("user:delete")) return *denied;
+    if (!hasOwnerRole(caller_.roles) && hasOwnerRole(user.roles)) {
+      return error(403, "Only owners may delete an owner.");
+    }
+    auto u = manager_.deleteUser(user.id.toString());
+    if (!u) return fromError(u.error());
+    return Reply{200, userJson(*u)};
+  }
+
+  Service& service_;
+  Manager& manager_;
+  Service::Worker& worker_;
+  const HttpRequest& req_;
+  DecodeBuffer& scratch_;
+  std::string_view token_;
+  UserRecord caller_;
+};
+
+}  // namespace
+
+void Management::handle(Service::Worker& worker, const HttpRequest& request, DecodeBuffer& scratch,
+                        std::string& out) {
+  Reply r = Call(service_, manager_, worker, request, scratch).run();
+  appendJsonResponse(out, r.status, request.keepAlive, r.body.dump());
+}
+
+}  // namespace tokend::daemon

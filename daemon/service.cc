@@ -1,0 +1,273 @@
+// The verification path, the changelog watcher and the write-back.
+#include "daemon/service.h"
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_map>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "shm/codec.h"
+
+namespace tokend::daemon {
+
+using namespace tokend::verifier;
+
+namespace {
+
+std::string_view idOf(const std::array<char, kTokenIdLength>& id) {
+  return {id.data(), id.size()};
+}
+
+}  // namespace
+
+Service::Service(KeyDb& db, shm::Cache& cache, Metrics& metrics, const ServiceOptions& options)
+    : db_(db), cache_(cache), metrics_(metrics), options_(options) {
+  lastSeenTxn_ = db_.lastTxnId();
+}
+
+Service::~Service() {
+  stop();
+}
+
+Result<std::unique_ptr<Service::Worker>> Service::makeWorker(int index) {
+  auto w = std::make_unique<Worker>();
+  auto reader = db_.reader();
+  if (!reader) return reader.error();
+  w->reader_ = std::move(*reader);
+  w->metrics_ = &metrics_.shard(index);
+  std::lock_guard lock(workersMu_);
+  workers_.push_back(w.get());
+  return w;
+}
+
+bool Service::verify(Worker& w, const VerifyQuery& q, VerifyAnswer& a) {
+  a = VerifyAnswer{};
+  if (q.token.empty()) {
+    a.reason = Reason::Missing;
+    return true;
+  }
+  auto parsed = parseToken(q.token);
+  if (!parsed) {
+    a.reason = Reason::Malformed;
+    return true;
+  }
+  const Query query = parseQuery(q.permission, q.object, q.owner);
+  const int64_t now = clockNow();
+  const Digest presented = w.sha_.digest(parsed->secret);
+  shm::CacheEntry& e = w.entry_;
+
+  std::optional<Reason> reason;
+  if (cache_.lookup(parsed->id, e) == shm::LookupResult::Hit) {
+    reason = shm::decideFromEntry(e, presented, query, now);
+    if (reason) w.metrics_->cacheDecided.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (!reason) {
+    // The epoch is read before the database (see shm/cache.h): a fill racing an invalidation
+    // is dropped rather than left stale.
+    const uint64_t epoch = cache_.epoch();
+    if (auto b = w.reader_->begin(); !b) {
+      log::error("Failed to begin a read transaction: {}", b.error().message);
+      return false;
+    }
+    auto found = loadToken(*w.reader_, parsed->id, *w.scratch_);
+    w.reader_->end();
+    if (!found) {
+      log::error("Failed to read token {}: {}", parsed->id, found.error().message);
+      return false;
+    }
+    w.metrics_->dbDecided.fetch_add(1, std::memory_order_relaxed);
+    if (!*found) {
+      a.reason = Reason::Unknown;
+      return true;
+    }
+    shm::encodeEntry(*w.scratch_, e);
+    cache_.insert(e, epoch);
+    reason = decide(w.scratch_->facts(), presented, query, now);
+  }
+
+  a.reason = *reason;
+  std::memcpy(w.tokenId_.data(), e.tokenId, kTokenIdLength);
+  std::memcpy(w.username_.data(), e.username, e.usernameLen);
+  std::memcpy(a.userId.bytes.data(), e.userId, shm::kUuidLength);
+  a.tokenId = idOf(w.tokenId_);
+  a.username = std::string_view(w.username_.data(), e.usernameLen);
+  a.loginType = static_cast<LoginType>(e.loginType);
+  a.expiresAt = e.expiresAt;
+  if (a.reason == Reason::Ok) noteUse(w, e, now);
+  return true;
+}
+
+void Service::noteUse(Worker& w, const shm::CacheEntry& e, int64_t now) {
+  UsageUpdate u = usageUpdate(static_cast<LoginType>(e.loginType), e.expiresAt, e.lifetimeSeconds,
+                              e.lastUsed, now, options_.lifetimes);
+  if (!u.any()) return;
+  Use use;
+  std::memcpy(use.id.data(), e.tokenId, kTokenIdLength);
+  use.at = now;
+  {
+    std::lock_guard lock(w.usesMu_);
+    w.uses_.push_back(use);
+  }
+  // Mark the cached copy so that the next hits do not queue the same use again; the write-back
+  // commits the same values.
+  cache_.update(idOf(use.id), [&](shm::CacheEntry& c) {
+    if (u.lastUsed) c.lastUsed = std::max(c.lastUsed, now);
+    if (u.refresh) c.expiresAt = std::max(c.expiresAt, u.newExpiresAt);
+  });
+}
+
+size_t Service::reportUses(std::span<const Use> uses) {
+  const int64_t now = clockNow();
+  size_t accepted = 0;
+  std::lock_guard lock(reportedMu_);
+  for (const Use& u : uses) {
+    if (u.at > now + 5 || u.at < now - 86400 || !isTokenId(idOf(u.id))) continue;
+    reported_.push_back(u);
+    cache_.touch(idOf(u.id));
+    ++accepted;
+  }
+  metrics_.usageReports.fetch_add(1, std::memory_order_relaxed);
+  return accepted;
+}
+
+Result<void> Service::flushUses() {
+  std::lock_guard flush(flushMu_);
+  std::vector<Use> uses;
+  {
+    std::lock_guard lock(workersMu_);
+    for (Worker* w : workers_) {
+      std::lock_guard l(w->usesMu_);
+      uses.insert(uses.end(), w->uses_.begin(), w->uses_.end());
+      w->uses_.clear();
+    }
+  }
+  {
+    std::lock_guard lock(reportedMu_);
+    uses.insert(uses.end(), reported_.begin(), reported_.end());
+    reported_.clear();
+  }
+  if (uses.empty()) return {};
+  // One write per token: its latest use.
+  std::unordered_map<std::string_view, int64_t> latest;
+  for (const Use& u : uses) {
+    auto [it, fresh] = latest.try_emplace(idOf(u.id), u.at);
+    if (!fresh) it->second = std::max(it->second, u.at);
+  }
+  const LifetimeConfig& cfg = options_.lifetimes;
+  size_t written = 0;
+  auto r = db_.update([&](Writer& w) -> Result<void> {
+    written = 0;
+    for (const auto& [id, at] : latest) {
+      auto rec = w.token(id);
+      if (!rec) return rec.error();
+      if (!*rec) continue;  // deleted meanwhile
+      TokenRecord t = std::move(**rec);
+      UsageUpdate u = usageUpdate(t.loginType, t.expiresAt, t.lifetimeSeconds, t.lastUsed, at, cfg);
+      bool changed = false;
+      if (u.lastUsed && at > t.lastUsed) {
+        t.lastUsed = at;
+        changed = true;
+      }
+      // Never resurrect: a token expired, revoked or otherwise changed after this use is left
+      // as it is (updated_at later than the use means someone else wrote it since).
+      if (u.refresh && !isExpired(t.expiresAt, at) && t.updatedAt <= at &&
+          u.newExpiresAt > t.expiresAt) {
+        t.expiresAt = u.newExpiresAt;
+        t.updatedAt = at;
+        changed = true;
+      }
+      if (!changed) continue;
+      if (auto p = w.putToken(t); !p) return p.error();
+      ++written;
+    }
+    return {};
+  });
+  if (!r) {
+    metrics_.writebackErrors.fetch_add(1, std::memory_order_relaxed);
+    // Keep the uses for the next round: a full disk must not lose them.
+    std::lock_guard lock(reportedMu_);
+    reported_.insert(reported_.end(), uses.begin(), uses.end());
+    return r.error();
+  }
+  metrics_.writebackBatches.fetch_add(1, std::memory_order_relaxed);
+  metrics_.writebackTokens.fetch_add(written, std::memory_order_relaxed);
+  return {};
+}
+
+void Service::pollChanges(Reader& reader) {
+  uint64_t txn = db_.lastTxnId();
+  if (txn == lastSeenTxn_) return;
+  if (auto b = reader.begin(); !b) {
+    log::error("Failed to begin a read transaction for the changelog: {}", b.error().message);
+    return;
+  }
+  auto changes = reader.changesSince(lastSeenTxn_);
+  reader.end();
+  if (!changes) {
+    log::error("Failed to read the changelog: {}", changes.error().message);
+    return;
+  }
+  int erased = 0;
+  if (changes->gap) {
+    erased += cache_.invalidateAll();
+    metrics_.invalidationGaps.fetch_add(1, std::memory_order_relaxed);
+    log::warn("Changelog trimmed past transaction {}: dropped the whole cache", lastSeenTxn_);
+  } else {
+    for (const std::string& id : changes->tokenIds) erased += cache_.invalidateToken(id);
+    for (const Uuid& u : changes->userIds) {
+      erased += cache_.invalidateUser(std::span<const uint8_t, shm::kUuidLength>(u.bytes));
+    }
+  }
+  metrics_.invalidationRounds.fetch_add(1, std::memory_order_relaxed);
+  metrics_.invalidatedEntries.fetch_add(erased, std::memory_order_relaxed);
+  lastSeenTxn_ = std::max(changes->upTo, txn);
+}
+
+void Service::watch() {
+  auto reader = db_.reader();
+  if (!reader) {
+    log::error("Failed to open a reader for the changelog watcher: {}", reader.error().message);
+    return;
+  }
+  std::unique_lock lock(stopMu_);
+  while (!stopping_) {
+    lock.unlock();
+    pollChanges(**reader);
+    lock.lock();
+    stopCv_.wait_for(lock, std::chrono::microseconds(options_.invalidationPollUs),
+                     [&] { return stopping_; });
+  }
+}
+
+void Service::writeback() {
+  std::unique_lock lock(stopMu_);
+  while (!stopping_) {
+    stopCv_.wait_for(lock, std::chrono::milliseconds(options_.writebackIntervalMs),
+                     [&] { return stopping_; });
+    lock.unlock();
+    if (auto r = flushUses(); !r)
+      log::error("Failed to write back token uses: {}", r.error().message);
+    lock.lock();
+  }
+}
+
+void Service::start() {
+  watcher_ = std::thread([this] { watch(); });
+  writer_ = std::thread([this] { writeback(); });
+}
+
+void Service::stop() {
+  {
+    std::lock_guard lock(stopMu_);
+    if (stopping_ && !watcher_.joinable()) return;
+    stopping_ = true;
+  }
+  stopCv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
+  if (writer_.joinable()) writer_.join();
+  if (auto r = flushUses(); !r)
+    log::error("Failed to write back token uses at shutdown: {}", r.error().message);
+}
+
+}  // namespace tokend::daemon

@@ -1,0 +1,114 @@
+// Service: the verification path (shared-memory cache first, else the key database), the
+// changelog watcher that invalidates cache entries, and the write-back of last_used and the
+// sliding refresh. Knows nothing of sockets or protocols: sessions call verify().
+//
+// Threads: one Worker per loop worker thread (never shared); the watcher and the write-back each
+// run on a thread of their own, started by start() and stopped by stop().
+#pragma once
+
+#include <array>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "base/result.h"
+#include "daemon/metrics.h"
+#include "daemon/query.h"
+#include "shm/cache.h"
+#include "verifier/keydb.h"
+#include "verifier/lifetime.h"
+#include "verifier/verify.h"
+
+namespace tokend::daemon {
+
+// One use of a token, for the write-back.
+struct Use {
+  std::array<char, verifier::kTokenIdLength> id{};
+  int64_t at = 0;
+};
+
+struct ServiceOptions {
+  verifier::LifetimeConfig lifetimes;
+  int writebackIntervalMs = 250;
+  int invalidationPollUs = 1000;
+};
+
+class Service {
+ public:
+  // Per-thread state: a long-lived LMDB reader, a SHA-256 context, scratch for compiled tokens,
+  // and the uses this thread saw since the last write-back.
+  class Worker {
+   public:
+    MetricsShard& metrics() { return *metrics_; }
+
+   private:
+    friend class Service;
+    std::unique_ptr<verifier::Reader> reader_;
+    verifier::Sha256 sha_;
+    std::unique_ptr<verifier::CompiledToken> scratch_ = std::make_unique<verifier::CompiledToken>();
+    shm::CacheEntry entry_{};
+    std::array<char, verifier::kTokenIdLength> tokenId_{};
+    std::array<char, shm::kUsernameMax> username_{};
+    std::mutex usesMu_;
+    std::vector<Use> uses_;
+    MetricsShard* metrics_ = nullptr;
+  };
+
+  Service(verifier::KeyDb& db, shm::Cache& cache, Metrics& metrics, const ServiceOptions& options);
+  ~Service();
+  Service(const Service&) = delete;
+  Service& operator=(const Service&) = delete;
+
+  // A worker for thread `index` (its metrics shard). The Service keeps a pointer until it is
+  // destroyed; workers must outlive stop().
+  Result<std::unique_ptr<Worker>> makeWorker(int index);
+
+  // Verifies `query` into `answer`; the answer's views point into `w` until its next call.
+  // Returns false when the machine failed (a database read error, logged once): no answer.
+  bool verify(Worker& w, const VerifyQuery& query, VerifyAnswer& answer);
+
+  // Uses seen on a client's fast path (USAGE_REPORT). Uses dated in the future or more than a
+  // day back are ignored. Returns how many were accepted.
+  size_t reportUses(std::span<const Use> uses);
+
+  // Starts the changelog watcher and the write-back threads.
+  void start();
+  // Stops both threads after one last write-back: nothing seen is lost.
+  void stop();
+  // Commits every pending use now (the write-back thread does this every interval).
+  Result<void> flushUses();
+
+  verifier::KeyDb& db() { return db_; }
+  shm::Cache& cache() { return cache_; }
+  Metrics& metrics() { return metrics_; }
+  const verifier::LifetimeConfig& lifetimes() const { return options_.lifetimes; }
+
+ private:
+  void noteUse(Worker& w, const shm::CacheEntry& e, int64_t now);
+  void watch();
+  void writeback();
+  void pollChanges(verifier::Reader& reader);
+
+  verifier::KeyDb& db_;
+  shm::Cache& cache_;
+  Metrics& metrics_;
+  ServiceOptions options_;
+
+  std::mutex workersMu_;
+  std::vector<Worker*> workers_;
+  std::mutex reportedMu_;
+  std::vector<Use> reported_;
+
+  std::mutex stopMu_;
+  std::condition_variable stopCv_;
+  bool stopping_ = false;
+  std::thread watcher_;
+  std::thread writer_;
+  uint64_t lastSeenTxn_ = 0;  // watcher thread only
+  std::mutex flushMu_;        // one write-back at a time
+};
+
+}  // namespace tokend::daemon

@@ -1,0 +1,380 @@
+// The per-connection protocol dispatch: text, HTTP and binary, all through Service::verify.
+#include "daemon/session.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "daemon/binary_protocol.h"
+#include "daemon/http.h"
+#include "daemon/text_protocol.h"
+#include "shm/segment.h"
+
+namespace tokend::daemon {
+
+using verifier::Reason;
+
+namespace {
+
+constexpr std::string_view kSoftware = "tokend/0.1.0";
+
+class ProtocolSession final : public Session {
+ public:
+  ProtocolSession(SessionFactoryImpl& f, Service::Worker& w, const PeerCred& peer)
+      : f_(f), w_(w), peer_(peer) {}
+
+  After onInput(std::string_view in, size_t& consumed, Output& out) override {
+    consumed = 0;
+    if (proto_ == Protocol::NeedMore) {
+      proto_ = detectProtocol(in.substr(0, kMaxDetectBytes));
+      if (proto_ == Protocol::NeedMore) return After::Continue;
+      if (proto_ == Protocol::Unknown) {
+        w_.metrics().protocolErrors.fetch_add(1, std::memory_order_relaxed);
+        appendTextError(out.bytes, "unknown protocol");
+        consumed = in.size();
+        return After::Close;
+      }
+    }
+    while (consumed < in.size()) {
+      std::string_view rest = in.substr(consumed);
+      size_t used = 0;
+      After after = After::Continue;
+      switch (proto_) {
+        case Protocol::Text:
+          after = text(rest, used, out);
+          break;
+        case Protocol::Http:
+          after = http(rest, used, out);
+          break;
+        case Protocol::Binary:
+          after = binary(rest, used, out);
+          break;
+        default:
+          return After::Close;
+      }
+      consumed += used;
+      if (after == After::Close) return After::Close;
+      if (used == 0) break;  // need more bytes
+      // A file descriptor rides on the next send: answer what follows after it is sent.
+      if (out.passFd >= 0) break;
+    }
+    return After::Continue;
+  }
+
+ private:
+  int64_t startTimer() const { return monotonicNanos(); }
+  void count(Proto p, Reason r, int64_t start) {
+    w_.metrics().count(p, r, static_cast<uint64_t>(monotonicNanos() - start));
+  }
+
+  After text(std::string_view in, size_t& used, Output& out) {
+    TextParse p = parseTextLine(in);
+    if (p.status == ParseStatus::NeedMore) return After::Continue;
+    used = p.consumed;
+    if (p.status == ParseStatus::Error) {
+      w_.metrics().protocolErrors.fetch_add(1, std::memory_order_relaxed);
+      appendTextError(out.bytes, kTextLineTooLong);
+      used = in.size();
+      return After::Close;
+    }
+    switch (p.request.command) {
+      case TextCommand::Ping:
+        appendTextPong(out.bytes);
+        break;
+      case TextCommand::Invalid:
+        appendTextError(out.bytes, p.request.error);
+        break;
+      case TextCommand::Verify: {
+        int64_t start = startTimer();
+        VerifyAnswer a;
+        if (!f_.service().verify(w_, p.request.query, a)) {
+          appendTextError(out.bytes, "internal error");
+          break;
+        }
+        appendTextAnswer(out.bytes, a);
+        count(Proto::Text, a.reason, start);
+        break;
+      }
+    }
+    return After::Continue;
+  }
+
+  After http(std::string_view in, size_t& used, Output& out) {
+    HttpParse p = parseHttpRequest(in, req_);
+    if (p.status == ParseStatus::NeedMore) return After::Continue;
+    if (p.status == ParseStatus::Error) {
+      w_.metrics().protocolErrors.fetch_add(1, std::memory_order_relaxed);
+      appendParseErrorResponse(out.bytes, p);
+      used = in.size();
+      return After::Close;
+    }
+    used = p.consumed;
+    scratch_.reset();
+    const std::string_view path = req_.path, m = req_.method;
+    bool get = m == "GET" || m == "HEAD";
+    if (path == "/v1/verify" && get) {
+      int64_t start = startTimer();
+      auto q = extractVerifyQuery(req_, scratch_);
+      if (!q) {
+        VerifyAnswer bad;
+        bad.reason = Reason::BadRequest;
+        appendVerifyResponse(out.bytes, bad, req_.keepAlive);
+      } else {
+        VerifyAnswer a;
+        if (!f_.service().verify(w_, *q, a)) {
+          appendJsonError(out.bytes, 500, req_.keepAlive, "Internal error.",
+                          "the key database could not be read");
+        } else {
+          appendVerifyResponse(out.bytes, a, req_.keepAlive);
+          count(Proto::Http, a.reason, start);
+        }
+      }
+    } else if (path == "/healthz" && get) {
+      appendStatusLine(out.bytes, 200);
+      appendBody(out.bytes, req_.keepAlive, "text/plain; charset=utf-8", "ok\n");
+    } else if (path == "/metrics" && get) {
+      std::string body = f_.renderMetrics();
+      appendStatusLine(out.bytes, 200);
+      appendBody(out.bytes, req_.keepAlive, "text/plain; version=0.0.4; charset=utf-8", body);
+    } else if (path.starts_with("/api/v2/")) {
+      f_.management().handle(w_, req_, scratch_, out.bytes);
+    } else if (path == "/v1/verify" || path == "/healthz" || path == "/metrics") {
+      appendJsonError(out.bytes, 405, req_.keepAlive, "Method not allowed.", std::string(m));
+    } else {
+      appendJsonError(out.bytes, 404, req_.keepAlive, "Not found.", std::string(path));
+    }
+    if (m == "HEAD") {
+      // A HEAD answer carries the headers of the GET answer and no body.
+      auto bodyAt = out.bytes.rfind("\r\n\r\n");
+      if (bodyAt != std::string::npos) out.bytes.resize(bodyAt + 4);
+    }
+    return req_.keepAlive ? After::Continue : After::Close;
+  }
+
+  After binary(std::string_view in, size_t& used, Output& out) {
+    FrameParse p = parseFrame(in);
+    if (p.status == ParseStatus::NeedMore) return After::Continue;
+    if (p.status == ParseStatus::Error) {
+      w_.metrics().protocolErrors.fetch_add(1, std::memory_order_relaxed);
+      encodeError(out.bytes, 0, p.error, p.message);
+      used = in.size();
+      return After::Close;
+    }
+    used = p.consumed;
+    const uint64_t id = p.frame.header.requestId;
+    const std::string_view payload = p.frame.payload;
+    switch (p.frame.header.opcode) {
+      case Opcode::Hello: {
+        auto h = decodeHello(payload);
+        if (!h) return badPayload(out, id, h.error());
+        Hello reply;
+        reply.version = kBinaryVersion;
+        reply.features = kFeatureUsageReport | (f_.shmAllowed(peer_) ? kFeatureShm : 0);
+        reply.software = kSoftware;
+        encodeHello(out.bytes, id, reply);
+        break;
+      }
+      case Opcode::Ping:
+        encodePong(out.bytes, id);
+        break;
+      case Opcode::Verify: {
+        int64_t start = startTimer();
+        auto q = decodeVerify(payload);
+        if (!q) return badPayload(out, id, q.error());
+        VerifyAnswer a;
+        if (!f_.service().verify(w_, *q, a)) {
+          encodeError(out.bytes, id, ErrorCode::Internal, "the key database could not be read");
+          break;
+        }
+        if (auto e = encodeVerifyResult(out.bytes, id, a); !e) {
+          encodeError(out.bytes, id, ErrorCode::Internal, e.error().message);
+        }
+        count(Proto::Binary, a.reason, start);
+        break;
+      }
+      case Opcode::ShmAttach: {
+        if (auto e = decodeEmpty(payload); !e) return badPayload(out, id, e.error());
+        if (!f_.shmAllowed(peer_)) {
+          f_.service().metrics().shmRefusals.fetch_add(1, std::memory_order_relaxed);
+          encodeError(
+              out.bytes, id, ErrorCode::NotPermitted,
+              fmt::format(
+                  "uid {} gid {} may not map the cache (see --shm-allow-uid, --shm-allow-gid)",
+                  peer_.uid, peer_.gid));
+          break;
+        }
+        if (f_.shmFd() < 0) {
+          encodeError(out.bytes, id, ErrorCode::Unavailable,
+                      "the shared-memory cache is not available");
+          break;
+        }
+        f_.service().metrics().shmGrants.fetch_add(1, std::memory_order_relaxed);
+        encodeShmGranted(out.bytes, id,
+                         ShmGrant{shm::kLayoutVersion, f_.service().cache().segment().size()});
+        out.passFd = f_.shmFd();
+        break;
+      }
+      case Opcode::UsageReport: {
+        auto r = decodeUsageReport(payload);
+        if (!r) return badPayload(out, id, r.error());
+        uses_.clear();
+        for (size_t i = 0; i < r->count; ++i) {
+          UsageEntry e = r->entry(i);
+          Use u;
+          std::copy_n(e.tokenId.data(), u.id.size(), u.id.data());
+          u.at = e.lastUsed;
+          uses_.push_back(u);
+        }
+        // Only peers trusted with the segment may report uses: a report extends sessions.
+        size_t accepted = f_.shmAllowed(peer_) ? f_.service().reportUses(uses_) : 0;
+        encodeUsageAck(out.bytes, id, static_cast<uint32_t>(accepted));
+        break;
+      }
+      default:
+        encodeError(out.bytes, id, ErrorCode::UnknownOpcode,
+                    fmt::format("opcode {:#04x} is not a request",
+                                static_cast<unsigned>(p.frame.header.opcode)));
+        break;
+    }
+    return After::Continue;
+  }
+
+  After badPayload(Output& out, uint64_t id, const Error& e) {
+    w_.metrics().protocolErrors.fetch_add(1, std::memory_order_relaxed);
+    encodeError(out.bytes, id, ErrorCode::BadPayload, e.message);
+    return After::Continue;
+  }
+
+  SessionFactoryImpl& f_;
+  Service::Worker& w_;
+  PeerCred peer_;
+  Protocol proto_ = Protocol::NeedMore;
+  HttpRequest req_;
+  DecodeBuffer scratch_;
+  std::vector<Use> uses_;
+};
+
+}  // namespace
+
+SessionFactoryImpl::SessionFactoryImpl(Service& service, Management& management,
+                                       SessionConfig config, int threads)
+    : service_(service), management_(management), config_(std::move(config)) {
+  for (int i = 0; i < threads; ++i) {
+    auto w = service_.makeWorker(i);
+    if (!w) {
+      log::error("Failed to make worker {}: {}", i, w.error().message);
+      std::abort();
+    }
+    workers_.push_back(std::move(*w));
+  }
+  if (auto fd = service_.cache().openReadOnly()) {
+    shmFd_ = std::move(*fd);
+  } else {
+    log::warn("Failed to open a read-only descriptor of the cache segment: {}", fd.error().message);
+  }
+}
+
+std::unique_ptr<Session> SessionFactoryImpl::open(int worker, const PeerCred& peer) {
+  return std::make_unique<ProtocolSession>(*this, *workers_.at(worker), peer);
+}
+
+bool SessionFactoryImpl::shmAllowed(const PeerCred& peer) const {
+  if (peer.uid == ::getuid()) return true;
+  return std::find(config_.shmAllowUids.begin(), config_.shmAllowUids.end(), peer.uid) !=
+             config_.shmAllowUids.end() ||
+         std::find(config_.shmAllowGids.begin(), config_.shmAllowGids.end(), peer.gid) !=
+             config_.shmAllowGids.end();
+}
+
+std::string SessionFactoryImpl::renderMetrics() const {
+  const Metrics& m = service_.metrics();
+  std::string o;
+  auto sum = [&](auto field) {
+    uint64_t s = 0;
+    for (int i = 0; i < m.shardCount(); ++i) s += field(m.at(i)).load(std::memory_order_relaxed);
+    return s;
+  };
+  o += "# HELP tokend_requests_total Verification requests answered, by protocol and reason.\n";
+  o += "# TYPE tokend_requests_total counter\n";
+  const char* protos[] = {"text", "http", "binary"};
+  for (int p = 0; p < kProtoCount; ++p) {
+    for (int r = 0; r < verifier::kReasonCount; ++r) {
+      uint64_t n = sum([&](const MetricsShard& s) -> const std::atomic<uint64_t>& {
+        return s.requests[p * verifier::kReasonCount + r];
+      });
+      o += fmt::format("tokend_requests_total{{protocol=\"{}\",reason=\"{}\"}} {}\n", protos[p],
+                       verifier::reasonName(static_cast<Reason>(r)), n);
+    }
+  }
+  o += "# HELP tokend_request_duration_seconds Time from a parsed request to its encoded answer.\n";
+  o += "# TYPE tokend_request_duration_seconds histogram\n";
+  uint64_t cumulative = 0;
+  for (int b = 0; b < kLatencyBuckets; ++b) {
+    cumulative +=
+        sum([&](const MetricsShard& s) -> const std::atomic<uint64_t>& { return s.latency[b]; });
+    if (b % 4 == 3 || b == kLatencyBuckets - 1) {
+      o += fmt::format("tokend_request_duration_seconds_bucket{{le=\"{:.9f}\"}} {}\n",
+                       latencyBucketUpper(b) / 1e9, cumulative);
+    }
+  }
+  o += fmt::format("tokend_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", cumulative);
+  o += fmt::format("tokend_request_duration_seconds_sum {:.9f}\n",
+                   sum([](const MetricsShard& s) -> const std::atomic<uint64_t>& {
+                     return s.latencySumNanos;
+                   }) / 1e9);
+  o += fmt::format("tokend_request_duration_seconds_count {}\n", cumulative);
+
+  auto counter = [&](const char* name, const char* help, uint64_t v) {
+    o += fmt::format("# HELP {} {}\n# TYPE {} counter\n{} {}\n", name, help, name, name, v);
+  };
+  auto gauge = [&](const char* name, const char* help, uint64_t v) {
+    o += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", name, help, name, name, v);
+  };
+  shm::CacheStats c = service_.cache().stats();
+  counter("tokend_cache_hits_total", "Cache lookups that found the token.", c.hits);
+  counter("tokend_cache_misses_total", "Cache lookups that did not.", c.misses + c.busy);
+  counter("tokend_cache_inserts_total", "Compiled tokens put in the cache.", c.inserts);
+  counter("tokend_cache_evictions_total", "Cached tokens displaced by others.", c.evictions);
+  counter("tokend_cache_invalidations_total", "Cached tokens erased because the database changed.",
+          c.invalidations);
+  counter(
+      "tokend_decided_from_cache_total", "Verdicts decided from the cache.",
+      sum([](const MetricsShard& s) -> const std::atomic<uint64_t>& { return s.cacheDecided; }));
+  counter("tokend_decided_from_db_total", "Verdicts that needed the key database.",
+          sum([](const MetricsShard& s) -> const std::atomic<uint64_t>& { return s.dbDecided; }));
+  counter(
+      "tokend_protocol_errors_total", "Requests refused as malformed.",
+      sum([](const MetricsShard& s) -> const std::atomic<uint64_t>& { return s.protocolErrors; }));
+  counter("tokend_changelog_rounds_total", "Changelog reads after a commit.",
+          m.invalidationRounds.load());
+  counter("tokend_changelog_gaps_total", "Changelog gaps that dropped the whole cache.",
+          m.invalidationGaps.load());
+  counter("tokend_writeback_batches_total", "Write-back transactions committed.",
+          m.writebackBatches.load());
+  counter("tokend_writeback_tokens_total", "Token records written back.", m.writebackTokens.load());
+  counter("tokend_writeback_errors_total", "Write-back transactions that failed.",
+          m.writebackErrors.load());
+  counter("tokend_usage_reports_total", "Usage reports received from clients.",
+          m.usageReports.load());
+  counter("tokend_shm_grants_total", "Cache segments handed to clients.", m.shmGrants.load());
+  counter("tokend_shm_refusals_total", "Cache segment requests refused.", m.shmRefusals.load());
+  if (loopStats_) {
+    counter("tokend_connections_accepted_total", "Connections accepted.",
+            loopStats_->accepted.load());
+    counter("tokend_connections_refused_total", "Connections refused over --max-connections.",
+            loopStats_->refused.load());
+    counter("tokend_connections_timed_out_total", "Connections closed for stalling or idling.",
+            loopStats_->timedOut.load());
+    gauge("tokend_connections_open", "Connections open now.", loopStats_->open.load());
+    counter("tokend_received_bytes_total", "Bytes received.", loopStats_->bytesIn.load());
+    counter("tokend_sent_bytes_total", "Bytes sent.", loopStats_->bytesOut.load());
+  }
+  gauge("tokend_cache_slots", "Slots in the shared-memory cache.", service_.cache().slotCount());
+  gauge("tokend_database_map_bytes", "Size of the LMDB map.", service_.db().mapSize());
+  return o;
+}
+
+}  // namespace tokend::daemon

@@ -1,0 +1,146 @@
+// Test support: processes and temporary directories.
+#include "tests/support/process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace tokend::test {
+namespace {
+
+void execWith(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env) {
+  for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  execv(args[0], args.data());
+  _exit(127);
+}
+
+int decode(int wstatus) {
+  if (WIFEXITED(wstatus)) return WEXITSTATUS(wstatus);
+  if (WIFSIGNALED(wstatus)) return 128 + WTERMSIG(wstatus);
+  return -1;
+}
+
+}  // namespace
+
+RunResult run(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+              const std::string& input) {
+  int in[2], out[2], err[2];
+  if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+    throw std::runtime_error("pipe failed");
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(in[0], 0);
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    execWith(argv, env);
+  }
+  close(in[0]);
+  close(out[1]);
+  close(err[1]);
+  signal(SIGPIPE, SIG_IGN);
+  if (!input.empty()) {
+    ssize_t ignored = write(in[1], input.data(), input.size());
+    (void)ignored;
+  }
+  close(in[1]);
+  RunResult r;
+  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  int open = 2;
+  char buf[65536];
+  while (open > 0) {
+    if (poll(fds, 2, 60000) <= 0) break;
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP))) continue;
+      ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n <= 0) {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open;
+      } else {
+        (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
+      }
+    }
+  }
+  for (auto& f : fds)
+    if (f.fd >= 0) close(f.fd);
+  int ws = 0;
+  waitpid(pid, &ws, 0);
+  r.status = decode(ws);
+  return r;
+}
+
+Child spawn(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+            const std::string& dir) {
+  Child c;
+  static int counter = 0;
+  ++counter;
+  c.errPath = dir + "/child" + std::to_string(counter) + ".err";
+  c.outPath = dir + "/child" + std::to_string(counter) + ".out";
+  c.pid = fork();
+  if (c.pid == 0) {
+    int e = open(c.errPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int o = open(c.outPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(e, 2);
+    dup2(o, 1);
+    int null = open("/dev/null", O_RDONLY);
+    dup2(null, 0);
+    execWith(argv, env);
+  }
+  return c;
+}
+
+int Child::stop(int sig) {
+  if (pid <= 0) return -1;
+  kill(pid, sig);
+  int ws = 0;
+  waitpid(pid, &ws, 0);
+  pid = -1;
+  return decode(ws);
+}
+
+std::string Child::err() const {
+  return readFile(errPath);
+}
+std::string Child::out() const {
+  return readFile(outPath);
+}
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/tokend-test-XXXXXX";
+  if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::string programPath(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr) throw std::runtime_error(std::string("set ") + name + " to the program's path");
+  return v;
+}
+
+std::string readFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+}  // namespace tokend::test

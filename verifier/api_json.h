@@ -1,0 +1,20 @@
+// The JSON shapes of users, tokens and verdicts, shared by tokenctl and the management API
+// (field names follow Coder's REST API: token_name, login_type, lifetime_seconds, ...).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "verifier/records.h"
+
+namespace tokend::verifier {
+
+// RFC 3339 in UTC, "2026-11-27T20:45:56Z".
+std::string formatTime(int64_t unixSeconds);
+
+nlohmann::json userJson(const UserRecord& u);
+// `username` is added as "username" when not empty (lists of every user's tokens show it).
+nlohmann::json tokenJson(const TokenRecord& t, const std::string& username = {});
+
+}  // namespace tokend::verifier

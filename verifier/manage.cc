@@ -1,0 +1,290 @@
+// Management operations on users and tokens.
+#include "verifier/manage.h"
+
+#include <fmt/format.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+
+#include "verifier/allow_list.h"
+#include "verifier/scopes.h"
+#include "verifier/token.h"
+
+namespace tokend::verifier {
+namespace {
+
+constexpr const char* kAdjectives[] = {
+    "amber", "bold",  "brisk", "calm",   "clever", "crisp", "eager", "fair",  "gentle", "glad",
+    "grand", "happy", "keen",  "lively", "lucky",  "merry", "noble", "proud", "quick",  "quiet",
+    "rapid", "sharp", "shiny", "steady", "sunny",  "swift", "tidy",  "vivid", "warm",   "wise"};
+constexpr const char* kNouns[] = {"badger", "beacon", "cedar",   "comet", "falcon", "fern",
+                                  "harbor", "heron",  "lantern", "maple", "meadow", "otter",
+                                  "pebble", "pine",   "quartz",  "raven", "river",  "sparrow",
+                                  "spruce", "summit", "tiger",   "tulip", "walnut", "willow",
+                                  "wren",   "zephyr", "aspen",   "birch", "canyon", "delta"};
+
+uint32_t randomU32() {
+  uint32_t v = 0;
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(&v), sizeof v) != 1) std::abort();
+  return v;
+}
+
+Error notFound(std::string_view what, std::string_view ref) {
+  return makeError(fmt::format("{} \"{}\" not found", what, ref), -ENOENT);
+}
+
+Result<UserRecord> readUser(Txn& txn, std::string_view ref) {
+  if (auto id = Uuid::parse(ref)) {
+    auto u = txn.user(*id);
+    if (!u) return u.error();
+    if (*u) return std::move(**u);
+  }
+  auto u = txn.userByName(ref);
+  if (!u) return u.error();
+  if (!*u) return notFound("user", ref);
+  return std::move(**u);
+}
+
+Result<TokenRecord> readToken(Txn& txn, std::string_view ref, std::optional<Uuid> user) {
+  std::string_view id = ref;
+  if (auto parsed = parseToken(ref)) id = parsed->id;
+  if (isTokenId(id)) {
+    auto t = txn.token(id);
+    if (!t) return t.error();
+    if (*t && (!user || (*t)->userId == *user)) return std::move(**t);
+  }
+  if (user) {
+    auto t = txn.tokenByName(*user, ref);
+    if (!t) return t.error();
+    if (!*t) return notFound("token", ref);
+    return std::move(**t);
+  }
+  auto all = txn.tokens(std::nullopt);
+  if (!all) return all.error();
+  std::vector<TokenRecord> matches;
+  for (TokenRecord& t : *all)
+    if (t.loginType == LoginType::Token && t.name == ref) matches.push_back(std::move(t));
+  if (matches.empty()) return notFound("token", ref);
+  if (matches.size() > 1) {
+    return makeError(
+        fmt::format("token name \"{}\" is ambiguous: {} users hold it; name the user with --user",
+                    ref, matches.size()));
+  }
+  return std::move(matches.front());
+}
+
+}  // namespace
+
+bool isValidUsername(std::string_view n) {
+  if (n.empty() || n.size() > 32) return false;
+  auto lowerAlnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  if (!lowerAlnum(n[0])) return false;
+  return std::all_of(n.begin() + 1, n.end(),
+                     [&](char c) { return lowerAlnum(c) || c == '-' || c == '_'; });
+}
+
+std::string randomTokenName() {
+  uint32_t r = randomU32();
+  return fmt::format("{}-{}-{:04}", kAdjectives[r % std::size(kAdjectives)],
+                     kNouns[(r / 32) % std::size(kNouns)], (r / 1024) % 10000);
+}
+
+Result<UserRecord> Manager::createUser(std::string_view username,
+                                       const std::vector<std::string>& roles, int64_t now) {
+  if (!isValidUsername(username)) {
+    return makeError(fmt::format(
+        "invalid username \"{}\": want 1 to 32 of a-z, 0-9, '-' and '_', starting with a letter "
+        "or digit",
+        username));
+  }
+  auto normalized = normalizeRoles(splitList(roles));
+  if (!normalized) return normalized.error();
+  UserRecord u{Uuid::random(), std::string(username), *normalized, UserStatus::Active, now, now};
+  auto r = db_.update([&](Writer& w) -> Result<void> {
+    auto existing = w.userByName(username);
+    if (!existing) return existing.error();
+    if (*existing) return makeError(fmt::format("user \"{}\" already exists", username), -EEXIST);
+    return w.putUser(u);
+  });
+  if (!r) return r.error();
+  return u;
+}
+
+Result<UserRecord> Manager::user(std::string_view ref) {
+  auto reader = db_.reader();
+  if (!reader) return reader.error();
+  if (auto b = (*reader)->begin(); !b) return b.error();
+  auto u = readUser(**reader, ref);
+  (*reader)->end();
+  return u;
+}
+
+Result<std::vector<UserRecord>> Manager::users() {
+  auto reader = db_.reader();
+  if (!reader) return reader.error();
+  if (auto b = (*reader)->begin(); !b) return b.error();
+  auto all = (*reader)->users();
+  (*reader)->end();
+  return all;
+}
+
+Result<UserRecord> Manager::setStatus(std::string_view ref, UserStatus status, int64_t now) {
+  UserRecord out;
+  auto r = db_.update([&](Writer& w) -> Result<void> {
+    auto u = readUser(w, ref);
+    if (!u) return u.error();
+    u->status = status;
+    u->updatedAt = now;
+    out = *u;
+    return w.putUser(*u);
+  });
+  if (!r) return r.error();
+  return out;
+}
+
+Result<UserRecord> Manager::setRoles(std::string_view ref, const std::vector<std::string>& roles,
+                                     int64_t now) {
+  auto normalized = normalizeRoles(splitList(roles));
+  if (!normalized) return normalized.error();
+  UserRecord out;
+  auto r = db_.update([&](Writer& w) -> Result<void> {
+    auto u = readUser(w, ref);
+    if (!u) return u.error();
+    u->roles = *normalized;
+    u->updatedAt = now;
+    out = *u;
+    return w.putUser(*u);
+  });
+  if (!r) return r.error();
+  return out;
+}
+
+Result<UserRecord> Manager::deleteUser(std::string_view ref) {
+  UserRecord out;
+  auto r = db_.update([&](Writer& w) -> Result<void> {
+    auto u = readUser(w, ref);
+    if (!u) return u.error();
+    out = *u;
+    return w.deleteUser(u->id);
+  });
+  if (!r) return r.error();
+  return out;
+}
+
+Result<CreatedToken> Manager::createToken(const CreateTokenRequest& req, int64_t now) {
+  auto scopes = normalizeScopes(splitList(req.scopes), req.publicOnly);
+  if (!scopes) return scopes.error();
+  auto allow = normalizeAllowList(req.allowList);
+  if (!allow) return allow.error();
+  if (req.name && req.name->empty()) return makeError("token name must not be empty");
+  if (req.name && req.name->size() > 64)
+    return makeError("token name is longer than 64 characters");
+
+  CreatedToken out;
+  auto r = db_.update([&](Writer& w) -> Result<void> {
+    auto u = w.user(req.user);
+    if (!u) return u.error();
+    if (!*u) return notFound("user", req.user.toString());
+    auto lifetime = apiTokenLifetime(req.lifetime, hasOwnerRole((*u)->roles), config_);
+    if (!lifetime) return lifetime.error();
+    Sha256 sha;
+    NewToken nt = mintToken();
+    TokenRecord& t = out.record;
+    t.id = nt.id;
+    t.secretHash = sha.digest(nt.secret);
+    t.userId = req.user;
+    t.loginType = LoginType::Token;
+    t.name = req.name ? *req.name : randomTokenName();
+    t.scopes = *scopes;
+    t.allowList = allowListStrings(*allow);
+    t.createdAt = t.updatedAt = now;
+    t.lifetimeSeconds = *lifetime;
+    t.expiresAt = now + *lifetime;
+    t.lastUsed = 0;
+    out.key = nt.text();
+    return w.putToken(t);
+  });
+  if (!r) return r.error();
+  return out;
+}
+
+Result<CreatedToken> Manager::createSession(const Uuid& user, LoginType kind, int64_t now) {
+  if (kind == LoginType::Token)
+    return makeError("a session's login type is password, oidc or github");
+  CreatedToken out;
+  auto r = db_.update([&](Writer& w) -> Result<void> {
+    auto u = w.user(user);
+    if (!u) return u.error();
+    if (!*u) return notFound("user", user.toString());
+    Sha256 sha;
+    NewToken nt = mintToken();
+    TokenRecord& t = out.record;
+    t.id = nt.id;
+    t.secretHash = sha.digest(nt.secret);
+    t.userId = user;
+    t.loginType = kind;
+    t.scopes = {"coder:all"};
+    t.allowList = {"*:*"};
+    t.createdAt = t.updatedAt = now;
+    t.lifetimeSeconds = config_.sessionDuration;
+    t.expiresAt = now + config_.sessionDuration;
+    out.key = nt.text();
+    return w.putToken(t);
+  });
+  if (!r) return r.error();
+  return out;
+}
+
+Result<std::vector<TokenRecord>> Manager::tokens(std::optional<Uuid> user, bool includeExpired,
+                                                 int64_t now) {
+  auto reader = db_.reader();
+  if (!reader) return reader.error();
+  if (auto b = (*reader)->begin(); !b) return b.error();
+  auto all = (*reader)->tokens(user);
+  (*reader)->end();
+  if (!all) return all.error();
+  if (!includeExpired) {
+    std::erase_if(*all, [&](const TokenRecord& t) { return isExpired(t.expiresAt, now); });
+  }
+  return all;
+}
+
+Result<TokenRecord> Manager::findToken(std::string_view ref, std::optional<Uuid> user) {
+  auto reader = db_.reader();
+  if (!reader) return reader.error();
+  if (auto b = (*reader)->begin(); !b) return b.error();
+  auto t = readToken(**reader, ref, user);
+  (*reader)->end();
+  return t;
+}
+
+Result<TokenRecord> Manager::expireToken(std::string_view ref, std::optional<Uuid> user,
+                                         int64_t now) {
+  TokenRecord out;
+  auto r = db_.update([&](Writer& w) -> Result<void> {
+    auto t = readToken(w, ref, user);
+    if (!t) return t.error();
+    // One second back: a token whose expiry equals now is still valid (SPEC 3), and a removed
+    // token must be refused at once.
+    t->expiresAt = std::min(t->expiresAt, now - 1);
+    t->updatedAt = now;
+    out = *t;
+    return w.putToken(*t);
+  });
+  if (!r) return r.error();
+  return out;
+}
+
+Result<TokenRecord> Manager::deleteToken(std::string_view ref, std::optional<Uuid> user) {
+  TokenRecord out;
+  auto r = db_.update([&](Writer& w) -> Result<void> {
+    auto t = readToken(w, ref, user);
+    if (!t) return t.error();
+    out = *t;
+    return w.deleteToken(t->id);
+  });
+  if (!r) return r.error();
+  return out;
+}
+
+}  // namespace tokend::verifier
