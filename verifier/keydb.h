@@ -8,18 +8,27 @@
 //   token_names uuid[16] + name     -> id[10]     (LoginType::Token only; names unique per user)
 //   user_tokens uuid[16] + id[10]   -> ""         (every token of a user, for list and delete)
 //   changelog   txn id (u64 BE)     -> 'T' id[10] | 'U' uuid[16], repeated: what that txn touched
+// (meta values are little-endian.)
 //
 // Threads: a KeyDb is shared by all threads. A Reader belongs to one thread at a time (LMDB read
 // transactions are tied to threads; the env is opened MDB_NOTLS so a reset Reader may move).
-// One Writer at a time per process (LMDB serialises writers across processes too).
-// Errors: every Result error carries a message "Failed to <verb> <object>: <mdb_strerror>".
+// One Writer at a time per process: update() calls are serialised (LMDB serialises writers
+// across processes too).
+// The map: growing it (MDB_MAP_FULL) or adopting another process's growth (MDB_MAP_RESIZED)
+// remaps it, which waits until no Reader or Writer of this KeyDb is active. So a thread must not
+// hold a Reader active while it calls update() or begins another Reader: if the map must change
+// then, that call fails (-EDEADLK) instead of waiting for itself.
+// Errors: every Result error carries a message "Failed to <verb> <object>: <mdb_strerror>";
+// refusals of input say what was refused (-EEXIST for a taken name, -ENOENT for a missing record).
 #pragma once
 
 #include <lmdb.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -52,6 +61,17 @@ struct Changes {
 
 class KeyDb;
 
+namespace detail {
+// One user of the memory map (a Reader, or the Writer): `active` while its transaction is live, so
+// a remap can wait for it; `owner` names the thread that made it active, so a remap started by
+// that same thread fails instead of waiting for itself. On its own cache line: readers on many
+// cores set and clear theirs.
+struct MapUse {
+  alignas(64) std::atomic<bool> active{false};
+  std::atomic<uintptr_t> owner{0};
+};
+}  // namespace detail
+
 // Read methods shared by Reader and Writer. Views returned are valid until the transaction ends.
 class Txn {
  public:
@@ -68,15 +88,22 @@ class Txn {
   Result<std::vector<UserRecord>> users();
   // Every token of one user, or of all users when `user` is nullopt; ordered by user then id.
   Result<std::vector<TokenRecord>> tokens(std::optional<Uuid> user);
-  // Changes committed after txn id `since`.
+  // Changes committed after txn id `since`, up to this transaction's snapshot. `gap` also when
+  // `since` is newer than the snapshot (the database was replaced under the follower).
   Result<Changes> changesSince(uint64_t since);
   MDB_txn* raw() { return txn_; }
 
  protected:
   Txn(KeyDb& db) : db_(db) {}
   ~Txn() = default;
+  // mdb_get, with keys LMDB cannot hold (empty, too long) reported as MDB_NOTFOUND.
+  int get(MDB_dbi dbi, std::string_view key, MDB_val& value);
+  // The newest committed txn id this transaction sees.
+  uint64_t snapshotId();
   KeyDb& db_;
   MDB_txn* txn_ = nullptr;
+  bool live_ = false;  // txn_ is begun (or renewed) and not yet reset, committed or aborted
+  bool write_ = false;
 };
 
 // A long-lived read transaction: begin() renews it, end() resets it (never freed between uses).
@@ -90,7 +117,7 @@ class Reader : public Txn {
  private:
   friend class KeyDb;
   explicit Reader(KeyDb& db) : Txn(db) {}
-  bool active_ = false;
+  detail::MapUse use_;
 };
 
 // One write transaction; aborted on destruction unless committed. Every mutation records the
@@ -100,29 +127,48 @@ class Writer : public Txn {
   ~Writer();
   // Insert or replace; keeps usernames unique ("user \"x\" already exists").
   Result<void> putUser(const UserRecord& u);
-  // Deletes the user, their username and all of their tokens.
+  // Deletes the user, their username and all of their tokens (-ENOENT if there is no such user).
   Result<void> deleteUser(const Uuid& id);
-  // Insert or replace. A LoginType::Token token whose name another token of the same user holds
-  // is refused with "A token with name \"<name>\" already exists.".
+  // Insert or replace. The id must be kTokenIdLength characters of [0-9A-Za-z] and the user must
+  // exist. A LoginType::Token token whose name another token of the same user holds is refused
+  // with "A token with name \"<name>\" already exists.".
   Result<void> putToken(const TokenRecord& t);
+  // Deletes the token and its index entries (-ENOENT if there is no such token).
   Result<void> deleteToken(std::string_view id);
+  // update() commits after `fn` returns; call this only to see a commit error inside `fn`.
+  // Refused after a failed write in this transaction (LMDB may have applied part of it).
   Result<void> commit();
 
  private:
   friend class KeyDb;
-  explicit Writer(KeyDb& db) : Txn(db) {}
+  explicit Writer(KeyDb& db) : Txn(db) { write_ = true; }
+  int put(MDB_dbi dbi, std::string_view key, std::string_view value);
+  int del(MDB_dbi dbi, std::string_view key);
+  // Deletes the index entry `key` only when it still points at `id`.
+  int delIndex(MDB_dbi dbi, std::string_view key, std::string_view id);
+  // The error for a failed LMDB write; remembers MDB_MAP_FULL so update() grows the map.
+  Error failed(int rc, const std::string& what);
+  Result<void> usable(const char* what) const;
+  Result<void> removeToken(const TokenRecord& t);
+  Result<void> writeChangelog();
+  void abort();
   std::vector<std::string> touchedTokens_;
   std::vector<Uuid> touchedUsers_;
   bool done_ = false;
+  bool failed_ = false;
+  bool mapFull_ = false;
 };
 
 class KeyDb {
  public:
   // Creates `dir` (mode 0700) and the environment if missing; writes or checks the schema
   // version (a newer one is refused: "database schema N is newer than this build's M").
-  static Result<std::unique_ptr<KeyDb>> open(const std::string& dir, const KeyDbOptions& options = {});
+  static Result<std::unique_ptr<KeyDb>> open(const std::string& dir,
+                                             const KeyDbOptions& options = {});
   ~KeyDb();
 
+  // A Reader with its LMDB reader slot taken (a full reader table fails here), not yet begun.
+  // Destroy every Reader before the KeyDb.
   Result<std::unique_ptr<Reader>> reader();
   // Runs `fn` in one write transaction and commits it; on MDB_MAP_FULL grows the map and runs
   // `fn` again from the start (so `fn` must have no side effects outside the Writer). Any error
@@ -138,10 +184,22 @@ class KeyDb {
   friend class Reader;
   friend class Writer;
   KeyDb() = default;
+  Result<void> openDatabases(const std::string& what);
+  void enterMap(detail::MapUse& use);
+  void leaveMap(detail::MapUse& use);
+  // Remaps: doubles the map (grow) or adopts the size another process committed (!grow).
+  Result<void> resizeMap(bool grow);
   MDB_env* env_ = nullptr;
   MDB_dbi meta_ = 0, users_ = 0, usernames_ = 0, tokens_ = 0, tokenNames_ = 0, userTokens_ = 0,
           changelog_ = 0;
   KeyDbOptions options_;
+  size_t maxKeySize_ = 0;
+  // Guards mapUsers_ and is held across a remap; also keeps mdb_env_info off a map being swapped.
+  mutable std::mutex mapMu_;
+  std::vector<detail::MapUse*> mapUsers_;
+  std::atomic<bool> remapping_{false};
+  std::mutex writeMu_;  // one update() at a time in this process
+  detail::MapUse writerUse_;
 };
 
 }  // namespace tokend::verifier
