@@ -26,7 +26,9 @@ struct PeerCred {
 
 // What a Session hands back to the loop. The loop sends `bytes` (then clears it) with one send per
 // connection per batch; when `passFd` >= 0 it is attached to that send with SCM_RIGHTS (the loop
-// does not own or close it) and reset to -1.
+// does not own or close it: keep it open until the answer is read) and reset to -1. The
+// descriptor travels with the first byte appended by the same onInput() call, so that call must
+// append at least one byte (else the connection is closed); one descriptor per call.
 struct Output {
   std::string bytes;
   int passFd = -1;
@@ -39,33 +41,37 @@ class Session {
   virtual ~Session() = default;
   // `in` holds every byte received and not yet consumed. Consume whole requests only, append
   // their answers to `out`, and set `consumed`. Return Close to close the connection once `out`
-  // has been sent (framing broken, a limit exceeded).
+  // has been sent (framing broken, a limit exceeded). The loop calls again while the call consumed
+  // something and whole input may remain, and not while unsent output exceeds maxPendingOutput.
   virtual After onInput(std::string_view in, size_t& consumed, Output& out) = 0;
 };
 
 class SessionFactory {
  public:
   virtual ~SessionFactory() = default;
-  // Called on the worker thread that will own the connection.
+  // Called on the worker thread that will own the connection. A null Session refuses it (closed
+  // at once, counted in LoopStats::refused).
   virtual std::unique_ptr<Session> open(int worker, const PeerCred& peer) = 0;
 };
 
 enum class Backend { Auto, Uring, Epoll };
 
+// A timeout <= 0 is off.
 struct LoopConfig {
-  int threads = 1;
+  int threads = 1;  // at least 1
   Backend backend = Backend::Auto;
-  size_t maxConnections = 4096;       // accepted beyond this are closed at once
-  size_t maxPendingInput = 80 * 1024; // unconsumed bytes per connection before it is closed
-  size_t maxPendingOutput = 1 << 20;  // unsent bytes per connection before reading pauses
-  int stallTimeoutMs = 10000;         // a partial request older than this closes the connection
-  int idleTimeoutMs = 300000;         // a connection with nothing pending is closed after this
+  size_t maxConnections = 4096;        // accepted beyond this are closed at once
+  size_t maxPendingInput = 80 * 1024;  // unconsumed bytes per connection before it is closed
+  size_t maxPendingOutput = 1 << 20;   // unsent bytes per connection before reading pauses
+  // A partial request (or unsent output) with no progress for this long closes the connection.
+  int stallTimeoutMs = 10000;
+  int idleTimeoutMs = 300000;  // a connection with nothing pending is closed after this
 };
 
 // Counters, updated by the workers with relaxed atomics (they are statistics, not sync points).
 struct LoopStats {
   std::atomic<uint64_t> accepted{0};
-  std::atomic<uint64_t> refused{0};  // over maxConnections
+  std::atomic<uint64_t> refused{0};  // over maxConnections, or no Session from the factory
   std::atomic<uint64_t> closed{0};
   std::atomic<uint64_t> timedOut{0};
   std::atomic<uint64_t> open{0};
@@ -80,10 +86,11 @@ class Server {
   // io_uring and falls back to epoll with one warning logged.
   static Result<std::unique_ptr<Server>> create(int listenFd, const LoopConfig& config,
                                                 SessionFactory& factory);
-  // Runs the workers; returns after stop() once every worker has finished.
+  // Runs the workers; returns after stop() once every worker has finished. Call once. The worker
+  // threads exist from create() on (each sets up its own ring there) and wait for run().
   virtual void run() = 0;
   // Thread- and signal-safe request to stop: stop accepting, answer what was already read,
-  // flush what is owed, close, return from run().
+  // flush what is owed (for up to 2 s), close, return from run(). May come before run().
   virtual void stop() = 0;
   virtual std::string_view backendName() const = 0;
   virtual const LoopStats& stats() const = 0;

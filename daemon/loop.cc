@@ -1,0 +1,28 @@
+// Server::create: picks the event-loop backend.
+#include "daemon/loop.h"
+
+#include "base/log.h"
+#include "daemon/loop_epoll.h"
+#include "daemon/loop_uring.h"
+
+namespace tokend::daemon {
+
+Result<std::unique_ptr<Server>> Server::create(int listenFd, const LoopConfig& config,
+                                               SessionFactory& factory) {
+  if (config.threads < 1) return makeError("event loop: threads must be at least 1");
+  switch (config.backend) {
+    case Backend::Uring:
+      return createUringServer(listenFd, config, factory);
+    case Backend::Epoll:
+      return createEpollServer(listenFd, config, factory);
+    case Backend::Auto:
+      break;
+  }
+  auto uring = createUringServer(listenFd, config, factory);
+  if (uring) return uring;
+  // The one place this is logged: the daemon still serves, only slower.
+  log::warn("io_uring unavailable, falling back to epoll: {}", uring.error().message);
+  return createEpollServer(listenFd, config, factory);
+}
+
+}  // namespace tokend::daemon

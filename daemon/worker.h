@@ -1,0 +1,144 @@
+// Worker: what the io_uring and epoll workers share (pool, admission, timers, stop), and the
+// Server that runs one worker per thread.
+//
+// Stop protocol, the same for both backends: stop() sets LoopShared::stopping and writes to
+// every worker's eventfd. A worker that sees it stops accepting, shuts the read side of each
+// connection (so queued requests are still read and answered, then EOF), lets output flush for
+// up to kStopFlushMs, aborts what is left, and returns from run().
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "base/unique_fd.h"
+#include "daemon/connection.h"
+#include "daemon/loop.h"
+
+namespace tokend::daemon {
+
+// How often each worker looks at its connections' timers (and the stop deadline).
+inline constexpr int kTickMs = 100;
+// How long stop() lets connections flush what they owe before they are cut.
+inline constexpr int kStopFlushMs = 2000;
+
+// State every worker of one Server sees.
+struct LoopShared {
+  LoopShared(int listenFd, const LoopConfig& config, SessionFactory& factory)
+      : listenFd(listenFd), config(config), factory(factory) {}
+
+  const int listenFd;
+  const LoopConfig config;
+  SessionFactory& factory;
+  LoopStats stats;
+  // Set once by stop(); read by workers after their eventfd wakes them. Release/acquire so a
+  // worker that sees it also sees whatever the stopping thread wrote before.
+  std::atomic<bool> stopping{false};
+};
+
+class Worker {
+ public:
+  // `wakeFd` is the eventfd stop() writes to.
+  Worker(LoopShared& shared, int index, UniqueFd wakeFd)
+      : shared_(shared),
+        config_(shared.config),
+        stats_(shared.stats),
+        index_(index),
+        table_(shared.config),
+        wakeFd_(std::move(wakeFd)) {
+    dirty_.reserve(256);
+  }
+  virtual ~Worker() = default;
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Sets up what must belong to the worker's own thread (an io_uring ring: the kernel ties a
+  // ring to the tasks that create and use it, and signals each of them when it is torn down).
+  // Called on that thread, before run().
+  virtual Result<void> init() = 0;
+  // Serves until stop() and the drain that follows. Called once, on the worker's thread.
+  virtual void run() = 0;
+  // Async-signal-safe: wakes run() so it notices LoopShared::stopping.
+  void wake() const;
+
+ protected:
+  // Takes a freshly accepted socket: applies maxConnections, reads SO_PEERCRED and opens a
+  // Session. Returns the slot, or -1 when the socket was refused (and closed).
+  int64_t adopt(int fd);
+  // Closes the socket and returns its Connection to the pool.
+  void retire(uint32_t slot);
+  void markDirty(uint32_t slot) {
+    Connection& c = table_.at(slot);
+    if (!c.io.dirty) {
+      c.io.dirty = true;
+      dirty_.push_back(slot);
+    }
+  }
+  // Calls expire(slot, conn) for each connection whose stall or idle timer ran out.
+  template <class F>
+  void sweep(F&& expire) {
+    table_.forEachLive([&](uint32_t slot, Connection& c) {
+      if (c.io.closing || c.expiry(now_) == Connection::Expiry::None) return;
+      stats_.timedOut.fetch_add(1, std::memory_order_relaxed);
+      expire(slot, c);
+    });
+  }
+  bool stopRequested() const { return shared_.stopping.load(std::memory_order_acquire); }
+  void countIn(size_t n) { stats_.bytesIn.fetch_add(n, std::memory_order_relaxed); }
+  void countOut(size_t n) { stats_.bytesOut.fetch_add(n, std::memory_order_relaxed); }
+
+  LoopShared& shared_;
+  const LoopConfig& config_;
+  LoopStats& stats_;
+  const int index_;
+  ConnectionTable table_;
+  std::vector<uint32_t> dirty_;  // connections touched in this batch, settled at its end
+  UniqueFd wakeFd_;
+  int64_t now_ = 0;
+  bool stopping_ = false;  // this worker has begun its stop
+  int64_t stopDeadline_ = 0;
+};
+
+// A Server running each Worker on a thread of its own, started by launch() so that each worker's
+// init() runs on the thread that will use what it sets up; the threads wait for run().
+class WorkerServer final : public Server {
+ public:
+  // Starts the threads and waits for every init(). Returns the first failure (the threads are
+  // then gone).
+  static Result<std::unique_ptr<Server>> launch(std::unique_ptr<LoopShared> shared,
+                                                std::vector<std::unique_ptr<Worker>> workers,
+                                                std::string_view name);
+  ~WorkerServer() override;
+
+  void run() override;
+  void stop() override;
+  std::string_view backendName() const override { return name_; }
+  const LoopStats& stats() const override { return shared_->stats; }
+
+ private:
+  enum class Gate { Closed, Run, Quit };
+
+  WorkerServer(std::unique_ptr<LoopShared> shared, std::vector<std::unique_ptr<Worker>> workers,
+               std::string_view name)
+      : shared_(std::move(shared)), workers_(std::move(workers)), name_(name) {}
+  void body(Worker& worker);
+  void open(Gate gate);
+
+  std::unique_ptr<LoopShared> shared_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::string_view name_;
+  std::vector<std::thread> threads_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  size_t reported_ = 0;             // guarded by mutex_
+  std::optional<Error> initError_;  // guarded by mutex_
+  Gate gate_ = Gate::Closed;        // guarded by mutex_
+};
+
+}  // namespace tokend::daemon
