@@ -23,7 +23,11 @@ std::string_view idOf(const std::array<char, kTokenIdLength>& id) {
 
 Service::Service(KeyDb& db, shm::Cache& cache, Metrics& metrics, const ServiceOptions& options)
     : db_(db), cache_(cache), metrics_(metrics), options_(options) {
-  lastSeenTxn_ = db_.lastTxnId();
+  // The cache is empty now, so following the changelog from the newest snapshot misses nothing.
+  if (auto reader = db_.reader(); reader && (*reader)->begin()) {
+    lastSeenTxn_ = (*reader)->txnId();
+    (*reader)->end();
+  }
 }
 
 Service::~Service() {
@@ -221,7 +225,9 @@ void Service::pollChanges(Reader& reader) {
   }
   metrics_.invalidationRounds.fetch_add(1, std::memory_order_relaxed);
   metrics_.invalidatedEntries.fetch_add(erased, std::memory_order_relaxed);
-  lastSeenTxn_ = std::max(changes->upTo, txn);
+  // Only the snapshot says what has been read: the meta page (lastTxnId) can show a commit a
+  // moment before a new read transaction sees it, and skipping to it would skip its changes.
+  lastSeenTxn_ = changes->upTo;
 }
 
 void Service::watch() {

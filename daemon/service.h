@@ -33,7 +33,7 @@ struct Use {
 struct ServiceOptions {
   verifier::LifetimeConfig lifetimes;
   int writebackIntervalMs = 250;
-  int invalidationPollUs = 1000;
+  int invalidationPollUs = 250;
 };
 
 class Service {

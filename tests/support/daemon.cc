@@ -1,0 +1,145 @@
+// Test support: starting tokend and talking to it over its socket.
+#include "tests/support/daemon.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+namespace tokend::test {
+
+UniqueFd connectUnix(const std::string& path) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return UniqueFd();
+  return fd;
+}
+
+bool sendAll(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+namespace {
+template <class Done>
+std::string readWhile(int fd, int timeoutMs, Done done, bool* closed) {
+  std::string in;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeoutMs);
+  char buf[65536];
+  if (closed) *closed = false;
+  while (!done(in)) {
+    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    deadline - std::chrono::steady_clock::now())
+                                    .count());
+    if (left <= 0) break;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, left) <= 0) continue;
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (closed) *closed = true;
+      break;
+    }
+    in.append(buf, static_cast<size_t>(n));
+  }
+  return in;
+}
+}  // namespace
+
+std::string readLines(int fd, size_t lines, int timeoutMs) {
+  return readWhile(
+      fd, timeoutMs,
+      [&](const std::string& s) {
+        return static_cast<size_t>(std::count(s.begin(), s.end(), '\n')) >= lines;
+      },
+      nullptr);
+}
+
+std::string readBytes(int fd, size_t bytes, int timeoutMs) {
+  return readWhile(
+      fd, timeoutMs, [&](const std::string& s) { return s.size() >= bytes; }, nullptr);
+}
+
+std::string readUntilClosed(int fd, int timeoutMs, bool* closed) {
+  return readWhile(
+      fd, timeoutMs, [](const std::string&) { return false; }, closed);
+}
+
+Daemon::Daemon(std::vector<std::string> args, std::map<std::string, std::string> env)
+    : args_(std::move(args)), env_(std::move(env)) {
+  socket_ = dir_ / "data/tokend.sock";
+  start();
+}
+
+Daemon::~Daemon() {
+  if (child_.pid > 0) child_.stop(SIGKILL);
+}
+
+void Daemon::start() {
+  std::vector<std::string> argv = {programPath("TOKEND"), "--data-dir", dir_ / "data"};
+  argv.insert(argv.end(), args_.begin(), args_.end());
+  child_ = spawn(argv, env_, dir_.path());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (connectUnix(socket_)) break;
+    int status = 0;
+    if (::waitpid(child_.pid, &status, WNOHANG) == child_.pid) {
+      child_.pid = -1;
+      throw std::runtime_error("tokend exited at start: " + child_.err());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (!connectUnix(socket_))
+    throw std::runtime_error("tokend did not open its socket: " + child_.err());
+  std::string out = child_.out();
+  if (adminToken_.empty() && out.size() >= 33) adminToken_ = out.substr(0, 33);
+}
+
+int Daemon::stop() {
+  int status = child_.stop(SIGTERM);
+  return status;
+}
+
+void Daemon::restart() {
+  if (child_.pid > 0) stop();
+  start();
+}
+
+RunResult Daemon::ctl(std::vector<std::string> args, std::map<std::string, std::string> env) const {
+  std::vector<std::string> argv = {programPath("TOKENCTL"), "--db", dir_ / "data"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run(argv, env);
+}
+
+std::string Daemon::ctlOk(std::vector<std::string> args) const {
+  RunResult r = ctl(args);
+  if (r.status != 0) throw std::runtime_error("tokenctl failed: " + r.err);
+  std::string out = r.out;
+  if (!out.empty() && out.back() == '\n') out.pop_back();
+  return out;
+}
+
+std::string Daemon::text(const std::string& line) const {
+  UniqueFd fd = connectUnix(socket_);
+  if (!fd) return "(no connection)";
+  sendAll(fd.get(), line + "\n");
+  std::string answer = readLines(fd.get(), 1);
+  if (!answer.empty() && answer.back() == '\n') answer.pop_back();
+  return answer;
+}
+
+}  // namespace tokend::test

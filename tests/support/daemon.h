@@ -1,0 +1,61 @@
+// Test support: a tokend started in a temporary directory, and plain socket clients for it.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "base/unique_fd.h"
+#include "tests/support/process.h"
+
+namespace tokend::test {
+
+// Connects to a Unix socket; invalid on failure.
+UniqueFd connectUnix(const std::string& path);
+bool sendAll(int fd, std::string_view data);
+// Reads until `lines` newline characters arrived, the peer closed, or the timeout passed.
+std::string readLines(int fd, size_t lines, int timeoutMs = 5000);
+// Reads until `bytes` arrived, the peer closed, or the timeout passed.
+std::string readBytes(int fd, size_t bytes, int timeoutMs = 5000);
+// Reads until the peer closes or the timeout passes; `closed` says which.
+std::string readUntilClosed(int fd, int timeoutMs, bool* closed);
+
+class Daemon {
+ public:
+  // Starts the built tokend (env TOKEND) on <tmp>/data with `args`, waits for its socket, and
+  // reads the admin's first token from its stdout.
+  explicit Daemon(std::vector<std::string> args = {}, std::map<std::string, std::string> env = {});
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // SIGTERM and wait; returns the exit status.
+  int stop();
+  // Starts it again on the same data dir.
+  void restart();
+
+  const std::string& socket() const { return socket_; }
+  std::string dataDir() const { return dir_ / "data"; }
+  const std::string& adminToken() const { return adminToken_; }
+  const TempDir& dir() const { return dir_; }
+  std::string log() const { return child_.err(); }
+
+  // tokenctl --db <data> args...; the result of the run.
+  RunResult ctl(std::vector<std::string> args, std::map<std::string, std::string> env = {}) const;
+  // The same, required to succeed; stdout without its last newline.
+  std::string ctlOk(std::vector<std::string> args) const;
+  // One text-protocol line on a fresh connection, its answer without the newline.
+  std::string text(const std::string& line) const;
+
+ private:
+  void start();
+  TempDir dir_;
+  std::vector<std::string> args_;
+  std::map<std::string, std::string> env_;
+  std::string socket_;
+  std::string adminToken_;
+  Child child_;
+};
+
+}  // namespace tokend::test
