@@ -40,6 +40,10 @@
 #include "verifier/token.h"
 #include "verifier/verify.h"
 
+#ifdef TOKENLOAD_HAVE_LIBTOKEND
+#include <tokend/client.h>
+#endif
+
 namespace tokend::tools {
 namespace {
 
@@ -483,13 +487,26 @@ size_t takeBudget(const Plan& plan, size_t want) {
 
 // --- One client thread -------------------------------------------------------------------------
 
-class Worker {
+// A client thread's work: prepare() connects and draws the picks before the common start;
+// run() is the measured run.
+class Runner {
+ public:
+  virtual ~Runner() = default;
+  virtual Result<void> prepare(const std::string& socket) = 0;
+  virtual void run() = 0;
+  Stats& stats() { return stats_; }
+
+ protected:
+  Stats stats_;
+};
+
+// The socket modes: the wire protocols over the daemon's Unix socket.
+class Worker final : public Runner {
  public:
   Worker(const Plan& plan, size_t index, size_t connections)
       : plan_(plan), index_(index), connectionCount_(connections) {}
 
-  // Connects and draws the picks; the run starts later, in run().
-  Result<void> prepare(const std::string& socket) {
+  Result<void> prepare(const std::string& socket) override {
     picks_ = drawPicks(plan_, plan_.seed + 0x9E3779B97F4A7C15ull * (index_ + 1));
     std::mt19937_64 rng(plan_.seed ^ (index_ + 77));
     conns_.reserve(connectionCount_);
@@ -503,7 +520,7 @@ class Worker {
     return {};
   }
 
-  void run() {
+  void run() override {
     // A batch sent blocking must fit the socket buffer: while send() blocks nobody reads the
     // answers, and a daemon whose answers back up may stop reading too.
     size_t batchBytes = plan_.depth * std::max(plan_.asked.bytes.size(), plan_.denied.bytes.size());
@@ -513,8 +530,6 @@ class Worker {
       runEpoll();
     }
   }
-
-  Stats& stats() { return stats_; }
 
  private:
   // Closed loop: the next batch of `depth` requests, timed from its send.
@@ -665,8 +680,117 @@ class Worker {
   std::vector<uint32_t> picks_;
   std::vector<Connection> conns_;
   UniqueFd epoll_;
-  Stats stats_;
 };
+
+#ifdef TOKENLOAD_HAVE_LIBTOKEND
+// --mode shm: libtokend's tokend_verify_batch() (tokend_verify() at depth 1), which decides cached
+// tokens in this process from the shared-memory segment and asks the daemon over the socket for
+// the rest. One client handle per connection; a thread takes its handles in turn, a batch each,
+// closed loop. Answers are checked as in the socket modes (reason, and the token id of an ok).
+class ShmWorker final : public Runner {
+ public:
+  ShmWorker(const Plan& plan, size_t index, size_t connections, const Options& o)
+      : plan_(plan),
+        index_(index),
+        handleCount_(connections),
+        permission_(o.permission),
+        denied_(o.deniedPermission) {}
+  ~ShmWorker() override {
+    for (tokend_client* c : clients_) tokend_close(c);
+  }
+
+  Result<void> prepare(const std::string& socket) override {
+    picks_ = drawPicks(plan_, plan_.seed + 0x9E3779B97F4A7C15ull * (index_ + 1));
+    std::mt19937_64 rng(plan_.seed ^ (index_ + 77));
+    pickPos_ = static_cast<size_t>(rng());
+    for (size_t i = 0; i < handleCount_; ++i) {
+      tokend_client* c = nullptr;
+      if (int rc = tokend_open(socket.c_str(), &c); rc < 0) {
+        return Error::fromErrno(-rc, "Failed to open a libtokend client on " + socket);
+      }
+      clients_.push_back(c);
+      if (tokend_shm_state(c) != TOKEND_SHM_MAPPED) unmapped_ = tokend_last_error(c);
+    }
+    tokens_.resize(plan_.depth * (kTokenLength + 1));
+    requests_.resize(plan_.depth);
+    results_.resize(plan_.depth);
+    batch_.resize(plan_.depth);
+    return {};
+  }
+
+  void run() override {
+    for (size_t turn = 0;; ++turn) {
+      tokend_client* c = clients_[turn % clients_.size()];
+      int64_t now = monotonicNanos();
+      if (now >= plan_.endNs) break;
+      bool measured = now >= plan_.measureNs;
+      size_t n = measured ? takeBudget(plan_, plan_.depth) : plan_.depth;
+      if (n == 0) break;
+      for (size_t i = 0; i < n; ++i) {
+        uint32_t pick = picks_[pickPos_++ & (picks_.size() - 1)];
+        char* t = tokens_.data() + i * (kTokenLength + 1);
+        std::memcpy(t, plan_.token(pick), kTokenLength);
+        t[kTokenLength] = '\0';
+        if (pickKind(pick) == Kind::BadSecret) {
+          t[kTokenLength - 1] = t[kTokenLength - 1] == 'a' ? 'b' : 'a';
+        }
+        const std::string& perm = pickKind(pick) == Kind::Scope ? denied_ : permission_;
+        requests_[i] = tokend_request{t, perm.c_str(), nullptr, nullptr};
+        batch_[i] = pick;
+      }
+      if (measured) stats_.sent += n;
+      int64_t start = monotonicNanos();
+      int rc = n == 1 ? tokend_verify(c, requests_[0].token, requests_[0].permission, nullptr,
+                                      nullptr, results_.data())
+                      : tokend_verify_batch(c, requests_.data(), n, results_.data());
+      int64_t end = monotonicNanos();
+      if (rc < 0) {
+        // No answer could be had: the library has already tried to reconnect once.
+        ++stats_.closed;
+        stats_.lost += n;
+        continue;
+      }
+      for (size_t i = 0; i < n; ++i) {
+        const tokend_result& r = results_[i];
+        auto reason = verifier::parseReason(r.reason ? r.reason : "");
+        if (!reason) {
+          ++stats_.refused;
+        } else if (*reason != kExpected[static_cast<size_t>(pickKind(batch_[i]))] ||
+                   (*reason == Reason::Ok &&
+                    std::string_view(r.token_id) !=
+                        std::string_view(plan_.token(batch_[i]), kTokenIdLength))) {
+          ++stats_.wrong;
+        }
+        if (r.via_shm) ++viaShm_;
+        if (measured) {
+          stats_.latency.record(static_cast<uint64_t>(end - start));
+          ++stats_.answered;
+          if (reason) ++stats_.outcomes[static_cast<size_t>(*reason)];
+          stats_.lastAnswerNs = end;
+        }
+      }
+    }
+  }
+
+  uint64_t viaShm() const { return viaShm_; }
+  const std::string& unmapped() const { return unmapped_; }
+
+ private:
+  const Plan& plan_;
+  size_t index_;
+  size_t handleCount_;
+  std::string permission_, denied_;
+  std::vector<tokend_client*> clients_;
+  std::vector<uint32_t> picks_;
+  size_t pickPos_ = 0;
+  std::vector<char> tokens_;  // depth NUL-terminated tokens
+  std::vector<tokend_request> requests_;
+  std::vector<tokend_result> results_;
+  std::vector<uint32_t> batch_;
+  uint64_t viaShm_ = 0;
+  std::string unmapped_;  // why a handle has no segment, if one has none
+};
+#endif
 
 // --- Tokens ------------------------------------------------------------------------------------
 
@@ -749,8 +873,14 @@ double micros(uint64_t ns) {
   return std::round(static_cast<double>(ns) / 10.0) / 100.0;  // two decimals
 }
 
-int report(const Options& o, const Plan& plan, const Stats& s, int64_t durationNs,
-           int64_t warmupNs) {
+// --mode shm: how many answers the shared-memory fast path gave, and why a handle had no segment.
+struct ShmFacts {
+  uint64_t viaShm = 0;
+  std::string unmapped;
+};
+
+int report(const Options& o, const Plan& plan, const Stats& s, const ShmFacts& shm,
+           int64_t durationNs, int64_t warmupNs) {
   int64_t elapsedNs =
       (s.lastAnswerNs > plan.measureNs ? s.lastAnswerNs : plan.endNs) - plan.measureNs;
   if (elapsedNs <= 0) elapsedNs = 1;
@@ -767,7 +897,7 @@ int report(const Options& o, const Plan& plan, const Stats& s, int64_t durationN
     for (size_t k = 0; k < kKinds; ++k) mix[std::string(kKindNames[k])] = plan.mix[k];
     j["config"] = {
         {"socket", o.socket},
-        {"protocol", o.protocol},
+        {"protocol", o.mode == "shm" ? std::string("shm") : o.protocol},
         {"mode", plan.openLoop ? "open" : "closed"},
         {"connections", o.connections},
         {"depth", o.depth},
@@ -800,6 +930,9 @@ int report(const Options& o, const Plan& plan, const Stats& s, int64_t durationN
         outcomes[std::string(verifier::reasonName(static_cast<Reason>(r)))] =
             s.outcomes[static_cast<size_t>(r)];
     j["outcomes"] = outcomes;
+    if (o.mode == "shm") {
+      j["shm"] = {{"via_shm", shm.viaShm}, {"not_mapped", shm.unmapped}};
+    }
     j["elapsed_s"] = elapsed;
     j["throughput_rps"] = std::round(throughput);
     j["latency_us"] = {
@@ -813,8 +946,8 @@ int report(const Options& o, const Plan& plan, const Stats& s, int64_t durationN
     std::string rate = plan.openLoop ? fmt::format("open loop at {:.0f} req/s", o.rate)
                                      : std::string("closed loop");
     fmt::print("tokenload: {} protocol, {} connection{} x depth {}, {} thread{}, {}, {:.2f} s\n",
-               o.protocol, o.connections, o.connections == 1 ? "" : "s", o.depth,
-               std::min(o.threads, o.connections),
+               o.mode == "shm" ? std::string("libtokend shm") : o.protocol, o.connections,
+               o.connections == 1 ? "" : "s", o.depth, std::min(o.threads, o.connections),
                std::min(o.threads, o.connections) == 1 ? "" : "s", rate, elapsed);
     fmt::print("  requests   {} answered ({} sent), {:.0f} req/s\n", s.answered, s.sent,
                throughput);
@@ -829,6 +962,12 @@ int report(const Options& o, const Plan& plan, const Stats& s, int64_t durationN
     fmt::print("  errors     wrong answers {}, protocol {}, closed connections {}, lost {}{}\n",
                s.wrong, protocolErrors, s.closed, s.lost,
                plan.openLoop ? fmt::format(", open-loop backlog {}", s.backlog) : std::string());
+    if (o.mode == "shm") {
+      fmt::print("  shm        {} answers from shared memory{}\n", shm.viaShm,
+                 shm.unmapped.empty()
+                     ? std::string()
+                     : fmt::format(" (a handle had no segment: {})", shm.unmapped));
+    }
     fmt::print("  latency    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {})\n",
                humanNanos(h.percentile(50)), humanNanos(h.percentile(90)),
                humanNanos(h.percentile(99)), humanNanos(h.percentile(99.9)), humanNanos(h.max()),
@@ -894,12 +1033,12 @@ int run(int argc, char** argv) {
     return kExitUsage;
   };
 
+#ifndef TOKENLOAD_HAVE_LIBTOKEND
   if (o.mode == "shm") {
-    // TODO(libtokend): when client/include/tokend/client.h lands, --mode shm runs each thread in a
-    // closed loop over the library's verify call (segment first, socket on a miss), timing each
-    // call into the same histogram, and reports the same JSON.
-    return usage("--mode shm needs libtokend (client/include/tokend/client.h), not built yet");
+    return usage("--mode shm needs libtokend, which this build of tokenload does not include");
   }
+#endif
+  if (o.mode == "shm" && o.rate > 0) return usage("--mode shm runs closed loop only: drop --rate");
   auto duration = parseNanos(o.duration);
   if (!duration) return usage(duration.error().message);
   auto warmup = parseNanos(o.warmup);
@@ -970,9 +1109,15 @@ int run(int argc, char** argv) {
   if (o.requests > 0) plan.budget = &budget;
 
   size_t threads = std::min(o.threads, o.connections);
-  std::vector<std::unique_ptr<Worker>> workers;
+  std::vector<std::unique_ptr<Runner>> workers;
   for (size_t t = 0; t < threads; ++t) {
     size_t n = o.connections / threads + (t < o.connections % threads ? 1 : 0);
+#ifdef TOKENLOAD_HAVE_LIBTOKEND
+    if (o.mode == "shm") {
+      workers.push_back(std::make_unique<ShmWorker>(plan, t, n, o));
+      continue;
+    }
+#endif
     workers.push_back(std::make_unique<Worker>(plan, t, n));
   }
   // Threads connect and draw their picks, then wait for one common start time.
@@ -1005,7 +1150,16 @@ int run(int argc, char** argv) {
 
   Stats total;
   for (auto& w : workers) total.merge(w->stats());
-  return report(o, plan, total, *duration, *warmup);
+  ShmFacts shm;
+#ifdef TOKENLOAD_HAVE_LIBTOKEND
+  for (auto& w : workers) {
+    if (auto* s = dynamic_cast<ShmWorker*>(w.get())) {
+      shm.viaShm += s->viaShm();
+      if (shm.unmapped.empty()) shm.unmapped = s->unmapped();
+    }
+  }
+#endif
+  return report(o, plan, total, shm, *duration, *warmup);
 }
 
 }  // namespace
