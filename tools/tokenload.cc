@@ -95,7 +95,7 @@ struct Options {
   uint64_t requests = 0;  // 0: bounded by the duration only
   double rate = 0;        // total requests/s; 0: closed loop
   std::string db;
-  size_t tokens = 1000;
+  size_t tokens = 1000;  // with --db; with --token-file alone, all of the file unless given
   std::string tokenFile;
   std::string mix = "valid=90,unknown=5,bad_secret=2,expired=1,scope=2";
   std::string dist = "uniform";
@@ -801,13 +801,14 @@ bool fileExists(const std::string& path) {
 
 // The token pools for the run: read from --token-file, or created with --db (and remembered in
 // the token file, which later runs reuse while it still fits the database).
-Result<TokenSet> obtainTokens(const Options& o, const std::array<double, kKinds>& mix, bool quiet) {
+Result<TokenSet> obtainTokens(const Options& o, const std::array<double, kKinds>& mix,
+                              bool tokensGiven, bool quiet) {
   bool needScope = mix[static_cast<size_t>(Kind::Scope)] > 0;
   std::string denied = needScope ? o.deniedPermission : std::string();
   if (o.db.empty()) {
     auto set = readTokenFile(o.tokenFile);
     if (!set) return set.error();
-    if (set->valid.size() > o.tokens) set->valid.resize(o.tokens);
+    if (tokensGiven && set->valid.size() > o.tokens) set->valid.resize(o.tokens);
     return set;
   }
   if (!fileExists(o.db + "/data.mdb")) {
@@ -945,9 +946,10 @@ int report(const Options& o, const Plan& plan, const Stats& s, const ShmFacts& s
   } else {
     std::string rate = plan.openLoop ? fmt::format("open loop at {:.0f} req/s", o.rate)
                                      : std::string("closed loop");
-    fmt::print("tokenload: {} protocol, {} connection{} x depth {}, {} thread{}, {}, {:.2f} s\n",
-               o.mode == "shm" ? std::string("libtokend shm") : o.protocol, o.connections,
-               o.connections == 1 ? "" : "s", o.depth, std::min(o.threads, o.connections),
+    fmt::print("tokenload: {}, {} connection{} x depth {}, {} thread{}, {}, {:.2f} s\n",
+               o.mode == "shm" ? std::string("libtokend (shm mode)") : o.protocol + " protocol",
+               o.connections, o.connections == 1 ? "" : "s", o.depth,
+               std::min(o.threads, o.connections),
                std::min(o.threads, o.connections) == 1 ? "" : "s", rate, elapsed);
     fmt::print("  requests   {} answered ({} sent), {:.0f} req/s\n", s.answered, s.sent,
                throughput);
@@ -993,8 +995,9 @@ int run(int argc, char** argv) {
   app.add_option("--socket", o.socket, "The daemon's Unix socket")->required();
   app.add_option("--protocol", o.protocol, "binary, text or http")
       ->check(CLI::IsMember({"binary", "text", "http"}));
-  app.add_option("--mode", o.mode,
-                 "socket, or shm (libtokend's shared-memory fast path; not available yet)")
+  app.add_option(
+         "--mode", o.mode,
+         "socket, or shm (libtokend: shared memory first, the socket on a miss; closed loop)")
       ->check(CLI::IsMember({"socket", "shm"}));
   app.add_option("-c,--connections", o.connections, "Connections")->check(CLI::Range(1, 10000));
   app.add_option("-P,--depth", o.depth, "Pipeline depth: requests in flight per connection")
@@ -1007,8 +1010,11 @@ int run(int argc, char** argv) {
   app.add_option("--rate", o.rate, "Open loop: total requests per second on a fixed schedule")
       ->check(CLI::PositiveNumber);
   app.add_option("--db", o.db, "The daemon's data dir: create --tokens tokens there");
-  app.add_option("--tokens", o.tokens, "Valid tokens to use (default 1000)")
-      ->check(CLI::Range(size_t{1}, size_t{kPickIndexMask}));
+  auto* tokensOption =
+      app.add_option(
+             "--tokens", o.tokens,
+             "Valid tokens to use (default: 1000 with --db, all of a --token-file without it)")
+          ->check(CLI::Range(size_t{1}, size_t{kPickIndexMask}));
   app.add_option("--token-file", o.tokenFile,
                  "Tokens to use, one a line; with --db, where created tokens are kept");
   app.add_option("--mix", o.mix,
@@ -1059,7 +1065,7 @@ int run(int argc, char** argv) {
     }
   }
 
-  auto tokens = obtainTokens(o, *mix, o.json);
+  auto tokens = obtainTokens(o, *mix, tokensOption->count() > 0, o.json);
   if (!tokens) {
     fmt::print(stderr, "tokenload: {}\n", tokens.error().message);
     return kExitSetup;
