@@ -3,6 +3,8 @@
 
 #include <doctest/doctest.h>
 
+#include "tests/support/alloc_counter.h"
+
 #include <cstdlib>
 #include <new>
 
@@ -16,23 +18,6 @@ using namespace tokend::daemon;
 using tokend::Uuid;
 using tokend::verifier::LoginType;
 using tokend::verifier::Reason;
-
-// Counts heap allocations, to check that the steady state makes none.
-namespace {
-long gAllocations = 0;
-}  // namespace
-
-void* operator new(std::size_t n) {
-  ++gAllocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
 
 namespace {
 
@@ -429,7 +414,7 @@ TEST_SUITE("BinaryPayloads") {
     a.username = "alice";
     a.tokenId = "abcdefghij";
     bool ok = true;
-    long before = gAllocations;
+    long before = tokend::test::allocations();
     for (int i = 0; i < 100; ++i) {
       out.clear();
       for (std::string_view rest = in; !rest.empty();) {
@@ -444,7 +429,7 @@ TEST_SUITE("BinaryPayloads") {
         rest.remove_prefix(p.consumed);
       }
     }
-    long after = gAllocations;
+    long after = tokend::test::allocations();
     CHECK(ok);
     CHECK(after == before);
     CHECK(out.size() == kFrameHeaderSize + 28 + 2 + 5 + 2 + 10 + kFrameHeaderSize);

@@ -3,6 +3,8 @@
 
 #include <doctest/doctest.h>
 
+#include "tests/support/alloc_counter.h"
+
 #include <cstdlib>
 #include <new>
 
@@ -16,23 +18,6 @@ using namespace tokend::daemon;
 using tokend::Uuid;
 using tokend::verifier::LoginType;
 using tokend::verifier::Reason;
-
-// Counts heap allocations, to check that the steady state makes none.
-namespace {
-long gAllocations = 0;
-}  // namespace
-
-void* operator new(std::size_t n) {
-  ++gAllocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
 
 namespace {
 
@@ -546,7 +531,7 @@ TEST_SUITE("HttpResponses") {
     std::string out;
     out.reserve(4096);
     bool ok = true;
-    long before = gAllocations;
+    long before = tokend::test::allocations();
     for (int i = 0; i < 100; ++i) {
       out.clear();
       buf.reset();
@@ -559,11 +544,11 @@ TEST_SUITE("HttpResponses") {
       a.tokenId = q ? q->token.substr(0, 10) : std::string_view();
       appendVerifyResponse(out, a, r.keepAlive);
     }
-    long after = gAllocations;
+    long after = tokend::test::allocations();
     CHECK(ok);
     CHECK(after == before);
     // The counter does count: growing a string past its capacity allocates.
     out.append(8192, 'x');
-    CHECK(gAllocations > after);
+    CHECK(tokend::test::allocations() > after);
   }
 }

@@ -2,10 +2,12 @@
 #include "daemon/loop.h"
 
 #include <doctest/doctest.h>
+
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "tests/support/alloc_counter.h"
 
 #include <atomic>
 #include <cerrno>
@@ -31,23 +33,6 @@ using tokend::daemon::PeerCred;
 using tokend::daemon::Server;
 using tokend::daemon::Session;
 using tokend::daemon::SessionFactory;
-
-// Counts every heap allocation in the process, to show the loop's steady state makes none.
-// noinline: once inlined, GCC 12 pairs malloc() and free() with the other side's operator and
-// warns (-Wmismatched-new-delete).
-static std::atomic<long> gAllocations{0};
-
-[[gnu::noinline]] void* operator new(std::size_t n) {
-  gAllocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-[[gnu::noinline]] void operator delete(void* p) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
 
 namespace {
 
@@ -606,9 +591,9 @@ TEST_SUITE("Loop") {
       };
       bool ok = true;
       for (int i = 0; i < 200; ++i) ok = exchange() && ok;  // buffers reach their size
-      const long before = gAllocations.load();
+      const long before = tokend::test::allocations();
       for (int i = 0; i < 2000; ++i) ok = exchange() && ok;
-      const long during = gAllocations.load() - before;
+      const long during = tokend::test::allocations() - before;
       CHECK(ok);
       CHECK(during == 0);
     });
