@@ -2,10 +2,11 @@
 # bench/run_load.sh: tokend's socket throughput with tokenload, against redis-benchmark GET on a
 # Unix-socket redis-server as the reference, at the same connections and pipeline depths.
 #
-# Starts a tokend (and a redis-server) in a temporary directory, runs the matrix
+# Starts tokend daemons and a redis-server in a temporary directory, runs the matrix
 #   protocol (binary, text, http) x connections (1, 16, 64) x depth (1, 32) x cache (hit, miss)
 # with tokenload, and redis-benchmark -t get at each (connections, depth); writes one result file
-# per case into $RESULTS and prints a markdown table and the tokend-binary / Redis-GET ratios.
+# per case and repeat into $RESULTS and prints a markdown table (the median repeat of each case)
+# and the tokend-binary / Redis-GET throughput ratios.
 #
 #   cache hit:  the default cache (65536 slots), 100 tokens chosen by Zipf (s = 1): every token
 #               is cached after its first use.
@@ -13,13 +14,13 @@
 #               read LMDB and recompile the token.
 #
 # Environment (defaults in brackets): BUILD [build] the Meson build dir; RESULTS
-# [bench/results/load]; DURATION [3s] and WARMUP [500ms] per case; DAEMON_THREADS [2];
-# LOAD_THREADS [1] (tokenload's client threads: the machine this was written on has 2 cores);
-# MIX [valid=100]; PROTOCOLS, CONNS, DEPTHS, CACHES to cut the matrix down; REDIS [1] 0 skips
-# redis; NICE [-10 as root, else 0]: the servers and the load generators run at this nice level,
-# so that unrelated work on a shared machine (builds) disturbs the figures less; both sides get
-# the same. Needs python3 (for the table) and redis-server/redis-benchmark/redis-cli for the
-# reference.
+# [bench/results/load]; DURATION [3s] and WARMUP [500ms] per case; REPEAT [3] runs of each case,
+# spread over the whole run; DAEMON_THREADS [2]; LOAD_THREADS [1] (tokenload's client threads:
+# the machine this was written on has 2 cores); MIX [valid=100]; PROTOCOLS, CONNS, DEPTHS,
+# CACHES to cut the matrix down; REDIS [1], 0 skips redis; NICE [-10 as root, else 0]: the
+# servers and load generators of both sides run at this nice level, so that unrelated work on a
+# shared machine disturbs the figures less. Needs python3, and redis-server, redis-benchmark and
+# redis-cli for the reference (Debian: redis-server, redis-tools).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +28,7 @@ BUILD=${BUILD:-$ROOT/build}
 RESULTS=${RESULTS:-$ROOT/bench/results/load}
 DURATION=${DURATION:-3s}
 WARMUP=${WARMUP:-500ms}
+REPEAT=${REPEAT:-3}
 DAEMON_THREADS=${DAEMON_THREADS:-2}
 LOAD_THREADS=${LOAD_THREADS:-1}
 MIX=${MIX:-valid=100}
@@ -45,7 +47,8 @@ for bin in "$TOKEND" "$TOKENLOAD"; do
 done
 if [[ $REDIS == 1 ]]; then
   for bin in redis-server redis-benchmark redis-cli; do
-    command -v "$bin" >/dev/null || { echo "run_load.sh: $bin is missing (apt-get install redis-server redis-tools), or set REDIS=0" >&2; exit 2; }
+    command -v "$bin" >/dev/null ||
+      { echo "run_load.sh: $bin is missing (apt-get install redis-server redis-tools), or set REDIS=0" >&2; exit 2; }
   done
 fi
 
@@ -59,10 +62,10 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$RESULTS"
-rm -f "$RESULTS"/*.json "$RESULTS"/*.csv
+rm -f "$RESULTS"/tokend-*.json "$RESULTS"/redis-*.csv "$RESULTS"/machine.txt
 
 wait_socket() {
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 400); do
     [[ -S $1 ]] && return 0
     sleep 0.05
   done
@@ -70,37 +73,33 @@ wait_socket() {
   return 1
 }
 
-# start_tokend NAME ARGS...: a daemon on $tmp/NAME; sets TOKEND_PID and TOKEND_SOCK.
+# start_tokend NAME ARGS...: a daemon on $tmp/NAME; sets TOKEND_SOCK.
 start_tokend() {
   local name=$1
   shift
   "${run[@]}" "$TOKEND" --data-dir "$tmp/$name" --threads "$DAEMON_THREADS" --log-level warn "$@" \
     >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  TOKEND_PID=$!
-  pids+=("$TOKEND_PID")
+  pids+=("$!")
   TOKEND_SOCK="$tmp/$name/tokend.sock"
   wait_socket "$TOKEND_SOCK"
 }
 
-stop_pid() {
-  kill "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
-
-# redis_case C P: redis-benchmark GET for about $DURATION, calibrated by a short first run
+# redis_case C P R: redis-benchmark GET for about $DURATION, sized by a short first run
 # (redis-benchmark takes a request count, not a duration).
 redis_case() {
-  local c=$1 p=$2 probe n secs
-  probe=$("${run[@]}" redis-benchmark -s "$REDIS_SOCK" -t get -c "$c" -P "$p" -n $((20000 * c > 200000 ? 20000 * c : 200000)) --csv | tail -1)
-  secs=$(python3 -c "import re,sys; d='$DURATION'; m=re.fullmatch(r'([0-9.]+)(ms|s)', d); print(float(m[1])/(1000 if m[2]=='ms' else 1))")
-  n=$(python3 -c "import csv,io,sys; r=next(csv.reader(io.StringIO(sys.argv[1]))); print(max(10000, int(float(r[1]) * $secs)))" "$probe")
-  "${run[@]}" redis-benchmark -s "$REDIS_SOCK" -t get -c "$c" -P "$p" -n "$n" --csv >"$RESULTS/redis-c$c-P$p.csv"
+  local c=$1 p=$2 r=$3 probe n secs
+  probe=$("${run[@]}" redis-benchmark -s "$REDIS_SOCK" -t get -c "$c" -P "$p" \
+    -n $((20000 * c > 200000 ? 20000 * c : 200000)) --csv | tail -1)
+  secs=$(python3 -c "import re; m = re.fullmatch(r'([0-9.]+)(ms|s)', '$DURATION'); print(float(m[1]) / (1000 if m[2] == 'ms' else 1))")
+  n=$(python3 -c "import csv, io, sys; r = next(csv.reader(io.StringIO(sys.argv[1]))); print(max(10000, int(float(r[1]) * $secs)))" "$probe")
+  "${run[@]}" redis-benchmark -s "$REDIS_SOCK" -t get -c "$c" -P "$p" -n "$n" --csv \
+    >"$RESULTS/redis-c$c-P$p.r$r.csv"
 }
 
 if [[ $REDIS == 1 ]]; then
   mkdir -p "$tmp/redis"
-  (cd "$tmp/redis" && exec "${run[@]}" redis-server --port 0 --unixsocket "$tmp/redis/redis.sock" --save '' \
-    --appendonly no --dir "$tmp/redis" >"$tmp/redis.log" 2>&1) &
+  (cd "$tmp/redis" && exec "${run[@]}" redis-server --port 0 --unixsocket "$tmp/redis/redis.sock" \
+    --save '' --appendonly no --dir "$tmp/redis" >"$tmp/redis.log" 2>&1) &
   pids+=("$!")
   REDIS_SOCK="$tmp/redis/redis.sock"
   wait_socket "$REDIS_SOCK"
@@ -115,81 +114,116 @@ fi
   echo "kernel: $(uname -r)"
   echo "loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "nice: $NICE"
-  echo "tokend threads: $DAEMON_THREADS, tokenload threads: $LOAD_THREADS, duration $DURATION, warmup $WARMUP, mix $MIX"
-  [[ $REDIS == 1 ]] && echo "redis: $(redis-server --version | cut -d' ' -f3)"
+  echo "tokend threads: $DAEMON_THREADS, tokenload threads: $LOAD_THREADS, duration $DURATION, warmup $WARMUP, repeats $REPEAT, mix $MIX"
+  if [[ $REDIS == 1 ]]; then echo "redis: $(redis-server --version | cut -d' ' -f3)"; fi
 } >"$RESULTS/machine.txt"
 
+# Both daemons stay up for the whole run (an idle one costs nothing), so that the repeats of a
+# case are spread over the run rather than back to back: on a shared machine a burst of other
+# work then spoils one repeat of a case, not all of them.
+declare -A SOCK TOKENS
 for cache in $CACHES; do
   case $cache in
-    hit) start_tokend hit; tokens=(--tokens 100 --dist zipf) ;;
-    miss) start_tokend miss --cache-entries 1024; tokens=(--tokens 100000 --dist uniform) ;;
+    hit) start_tokend hit; TOKENS[hit]="--tokens 100 --dist zipf" ;;
+    miss) start_tokend miss --cache-entries 1024; TOKENS[miss]="--tokens 100000 --dist uniform" ;;
     *) echo "run_load.sh: unknown cache case $cache" >&2; exit 2 ;;
   esac
-  # Create the tokens once, outside the measured cases.
+  SOCK[$cache]=$TOKEND_SOCK
+  read -ra tokens <<<"${TOKENS[$cache]}"
+  # Create the tokens once, outside the measured cases, then use every one of them once: a
+  # token's first verification queues its last_used write (then none for an hour, SPEC 3), and
+  # the measured cases should see the steady state, not the daemon committing 100k first uses.
   "$TOKENLOAD" --socket "$TOKEND_SOCK" --db "$tmp/$cache" "${tokens[@]}" --mix "$MIX" -n 1 >/dev/null
-  for c in $CONNS; do
-    for p in $DEPTHS; do
-      for proto in $PROTOCOLS; do
-        out="$RESULTS/tokend-$cache-$proto-c$c-P$p.json"
-        echo "tokend $cache $proto c=$c P=$p" >&2
-        "${run[@]}" "$TOKENLOAD" --socket "$TOKEND_SOCK" --db "$tmp/$cache" "${tokens[@]}" \
-          --mix "$MIX" --protocol "$proto" -c "$c" -P "$p" -t "$LOAD_THREADS" --duration "$DURATION" \
-          --warmup "$WARMUP" --json >"$out" || echo "run_load.sh: tokenload reported errors, see $out" >&2
+  "${run[@]}" "$TOKENLOAD" --socket "$TOKEND_SOCK" --db "$tmp/$cache" --tokens "${tokens[1]}" \
+    --dist uniform --mix "$MIX" -c 16 -P 32 --duration 30s -n "$((tokens[1] * 3))" >/dev/null
+done
+sleep 1 # the write-back commits at least once a second
+
+for r in $(seq 1 "$REPEAT"); do
+  for cache in $CACHES; do
+    read -ra tokens <<<"${TOKENS[$cache]}"
+    for c in $CONNS; do
+      for p in $DEPTHS; do
+        for proto in $PROTOCOLS; do
+          out="$RESULTS/tokend-$cache-$proto-c$c-P$p.r$r.json"
+          echo "[$r/$REPEAT] tokend $cache $proto c=$c P=$p" >&2
+          "${run[@]}" "$TOKENLOAD" --socket "${SOCK[$cache]}" --db "$tmp/$cache" "${tokens[@]}" \
+            --mix "$MIX" --protocol "$proto" -c "$c" -P "$p" -t "$LOAD_THREADS" \
+            --duration "$DURATION" --warmup "$WARMUP" --json >"$out" ||
+            echo "run_load.sh: tokenload reported errors, see $out" >&2
+        done
+        # Redis right after tokend at the same shape, so that both see the same machine load.
+        if [[ $REDIS == 1 && $cache == hit ]]; then
+          echo "[$r/$REPEAT] redis c=$c P=$p" >&2
+          redis_case "$c" "$p" "$r"
+        fi
       done
-      # Redis right after tokend at the same shape, so both see the same machine load.
-      if [[ $REDIS == 1 && $cache == hit ]]; then
-        echo "redis c=$c P=$p" >&2
-        redis_case "$c" "$p"
-      fi
     done
   done
-  stop_pid "$TOKEND_PID"
 done
 echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.txt"
 
-python3 - "$RESULTS" <<'EOF'
+# The table: per case the repeat with the median throughput, and the range over the repeats.
+python3 - "$RESULTS" <<'PY'
 import csv, glob, json, os, re, sys
+from collections import defaultdict
+
 results = sys.argv[1]
-rows, redis = [], {}
+runs, redis_runs = defaultdict(list), defaultdict(list)
 for f in glob.glob(os.path.join(results, "tokend-*.json")):
-    m = re.search(r"tokend-(\w+)-(\w+)-c(\d+)-P(\d+)\.json$", f)
+    m = re.search(r"tokend-(\w+)-(\w+)-c(\d+)-P(\d+)\.r\d+\.json$", f)
     try:
         j = json.load(open(f))
     except ValueError:
         continue
-    cache, proto, c, p = m[1], m[2], int(m[3]), int(m[4])
     lat, err = j["latency_us"], j["errors"]
-    rows.append((cache, proto, c, p, j["throughput_rps"], lat["p50"], lat["p99"], lat["p999"],
-                 err["wrong_answers"] + err["protocol"] + err["lost"]))
+    runs[(m[1], m[2], int(m[3]), int(m[4]))].append(
+        (j["throughput_rps"], lat["p50"], lat["p99"], lat["p999"],
+         err["wrong_answers"] + err["protocol"] + err["lost"]))
 for f in glob.glob(os.path.join(results, "redis-*.csv")):
-    m = re.search(r"redis-c(\d+)-P(\d+)\.csv$", f)
+    m = re.search(r"redis-c(\d+)-P(\d+)\.r\d+\.csv$", f)
     r = list(csv.DictReader(open(f)))[-1]
-    redis[(int(m[1]), int(m[2]))] = (float(r["rps"]), float(r["p50_latency_ms"]) * 1000,
-                                     float(r["p99_latency_ms"]) * 1000)
+    redis_runs[(int(m[1]), int(m[2]))].append(
+        (float(r["rps"]), float(r["p50_latency_ms"]) * 1000, float(r["p99_latency_ms"]) * 1000))
+
+
+def median(rs):
+    rs = sorted(rs, key=lambda r: r[0])
+    return rs[(len(rs) - 1) // 2], rs[0][0], rs[-1][0]
+
+
+def span(lo, hi):
+    return f"{lo / 1000:,.0f}k-{hi / 1000:,.0f}k"
+
+
 order = {"binary": 0, "text": 1, "http": 2}
-rows.sort(key=lambda r: (r[0] != "hit", r[2], r[3], order.get(r[1], 9)))
-print("| server | protocol | cache | conns | depth | req/s | p50 us | p99 us | p99.9 us | errors |")
-print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-done = set()
-for cache, proto, c, p, rps, p50, p99, p999, errors in rows:
-    print(f"| tokend | {proto} | {cache} | {c} | {p} | {rps:,.0f} | {p50:.1f} | {p99:.1f} | {p999:.1f} | {errors} |")
-    if cache == "hit" and (c, p) in redis and (c, p) not in done and proto == "http":
-        r = redis[(c, p)]
-        print(f"| redis | GET | - | {c} | {p} | {r[0]:,.0f} | {r[1]:.1f} | {r[2]:.1f} | n/a | - |")
-        done.add((c, p))
-for (c, p), r in sorted(redis.items()):
-    if (c, p) not in done:
-        print(f"| redis | GET | - | {c} | {p} | {r[0]:,.0f} | {r[1]:.1f} | {r[2]:.1f} | n/a | - |")
+keys = sorted(runs, key=lambda k: (k[0] != "hit", k[2], k[3], order.get(k[1], 9)))
+redis = {k: median(v) for k, v in redis_runs.items()}
+print("| server | protocol | cache | conns | depth | req/s (median) | range | p50 us | p99 us | p99.9 us | errors |")
+print("|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
+shown = set()
+for k in keys:
+    cache, proto, c, p = k
+    (rps, p50, p99, p999, _), lo, hi = median(runs[k])
+    errors = sum(r[4] for r in runs[k])
+    print(f"| tokend | {proto} | {cache} | {c} | {p} | {rps:,.0f} | {span(lo, hi)} | {p50:.1f} | {p99:.1f} | {p999:.1f} | {errors} |")
+    if cache == "hit" and proto == "http" and (c, p) in redis:
+        (rrps, rp50, rp99), rlo, rhi = redis[(c, p)]
+        print(f"| redis | GET | - | {c} | {p} | {rrps:,.0f} | {span(rlo, rhi)} | {rp50:.1f} | {rp99:.1f} | n/a | - |")
+        shown.add((c, p))
+for (c, p), ((rrps, rp50, rp99), rlo, rhi) in sorted(redis.items()):
+    if (c, p) not in shown:
+        print(f"| redis | GET | - | {c} | {p} | {rrps:,.0f} | {span(rlo, rhi)} | {rp50:.1f} | {rp99:.1f} | n/a | - |")
 if redis:
     print()
     print("| conns | depth | tokend binary (hit) / Redis GET | tokend binary (miss) / Redis GET |")
     print("|---:|---:|---:|---:|")
-    byKey = {(r[0], r[1], r[2], r[3]): r[4] for r in rows}
-    for (c, p), r in sorted(redis.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        hit = byKey.get(("hit", "binary", c, p))
-        miss = byKey.get(("miss", "binary", c, p))
-        fmt = lambda v: f"{v / r[0]:.2f}x" if v else "-"
-        print(f"| {c} | {p} | {fmt(hit)} | {fmt(miss)} |")
-EOF
+    for (c, p), ((rrps, _, _), _, _) in sorted(redis.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        cells = []
+        for cache in ("hit", "miss"):
+            k = (cache, "binary", c, p)
+            cells.append(f"{median(runs[k])[0][0] / rrps:.2f}x" if k in runs else "-")
+        print(f"| {c} | {p} | {cells[0]} | {cells[1]} |")
+PY
 echo
 cat "$RESULTS/machine.txt"
