@@ -251,9 +251,10 @@ std::vector<uint32_t> drawPicks(const Plan& plan, uint64_t seed) {
 // --- Per-thread results ------------------------------------------------------------------------
 
 struct Stats {
-  LatencyHistogram latency;                                 // measured answers, nanoseconds
-  uint64_t sent = 0;                                        // measured requests sent
-  uint64_t answered = 0;                                    // measured answers
+  LatencyHistogram latency;  // measured answers, nanoseconds
+  uint64_t sent = 0;         // measured requests sent
+  uint64_t answered = 0;     // measured answers
+  uint64_t answeredAll = 0;  // answers of the whole run, warmup included (server CPU per request)
   std::array<uint64_t, verifier::kReasonCount> outcomes{};  // measured verdicts by reason
   // Errors over the whole run, warmup included:
   uint64_t wrong = 0;       // a verdict other than the one its request must get
@@ -269,6 +270,7 @@ struct Stats {
     latency.merge(o.latency);
     sent += o.sent;
     answered += o.answered;
+    answeredAll += o.answeredAll;
     for (size_t i = 0; i < outcomes.size(); ++i) outcomes[i] += o.outcomes[i];
     wrong += o.wrong;
     refused += o.refused;
@@ -393,6 +395,7 @@ class Connection {
       head_ = (head_ + 1) % fifo_.size();
       --count_;
       check(a, f);
+      ++stats_.answeredAll;
       if (f.measured) {
         stats_.latency.record(static_cast<uint64_t>(std::max<int64_t>(0, now - f.startNs)));
         ++stats_.answered;
@@ -762,6 +765,7 @@ class ShmWorker final : public Runner {
           ++stats_.wrong;
         }
         if (r.via_shm) ++viaShm_;
+        ++stats_.answeredAll;
         if (measured) {
           stats_.latency.record(static_cast<uint64_t>(end - start));
           ++stats_.answered;
@@ -917,6 +921,7 @@ int report(const Options& o, const Plan& plan, const Stats& s, const ShmFacts& s
     };
     j["requests"] = s.answered;
     j["sent"] = s.sent;
+    j["answered_with_warmup"] = s.answeredAll;
     j["errors"] = {{"wrong_answers", s.wrong},
                    {"protocol", protocolErrors},
                    {"refused", s.refused},
