@@ -5,6 +5,8 @@
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 
+#include <limits>
+#include <optional>
 #include <thread>
 
 #include "base/duration.h"
@@ -29,6 +31,28 @@ void addDuration(CLI::App& app, const std::string& flag, const std::string& env,
   } else {
     opt->envname(alias);
   }
+}
+
+// "512K", "64M", "2G", "1T" (powers of 1024) or plain bytes; nullopt when it does not parse.
+std::optional<size_t> parseSize(const std::string& text) {
+  if (text.empty() || text[0] < '0' || text[0] > '9') return std::nullopt;
+  size_t pos = 0;
+  unsigned long long n = 0;
+  try {
+    n = std::stoull(text, &pos);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  std::string unit = text.substr(pos);
+  if (unit.size() == 2 && (unit[1] == 'B' || unit[1] == 'b')) unit.pop_back();
+  int shift = unit.empty()                 ? 0
+              : unit == "K" || unit == "k" ? 10
+              : unit == "M" || unit == "m" ? 20
+              : unit == "G" || unit == "g" ? 30
+              : unit == "T" || unit == "t" ? 40
+                                           : -1;
+  if (shift < 0 || n > (std::numeric_limits<size_t>::max() >> shift)) return std::nullopt;
+  return static_cast<size_t>(n) << shift;
 }
 
 }  // namespace
@@ -64,6 +88,18 @@ ParseOutcome parseConfig(int argc, char** argv, Config& c, int& exitCode) {
       ->envname("TOKEND_CACHE_ENTRIES")
       ->check(CLI::Range(size_t{64}, size_t{1} << 24))
       ->capture_default_str();
+  app.add_option_function<std::string>(
+         "--max-db-size",
+         [&c](const std::string& text) {
+           auto n = parseSize(text);
+           if (!n || *n < (size_t{256} << 10))
+             throw CLI::ValidationError("--max-db-size",
+                                        "want a size of at least 256K, like 512M or 2G");
+           c.maxDbSize = *n;
+         },
+         "Largest size the key database may grow to (K, M, G, T suffixes); a write past it is "
+         "refused and verification goes on (default 1T)")
+      ->envname("TOKEND_MAX_DB_SIZE");
   app.add_option("--max-connections", c.loop.maxConnections,
                  "Connections served at once; more are closed")
       ->envname("TOKEND_MAX_CONNECTIONS")

@@ -18,6 +18,7 @@ struct Config {
   unsigned socketMode = 0660;
   LoopConfig loop;
   size_t cacheEntries = 1 << 16;  // slots in the shared-memory cache (a power of two)
+  size_t maxDbSize = 0;           // bytes the LMDB map may grow to; 0: KeyDbOptions' default
   std::vector<uid_t> shmAllowUids;
   std::vector<gid_t> shmAllowGids;
   verifier::LifetimeConfig lifetimes;

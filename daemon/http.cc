@@ -390,6 +390,7 @@ std::string_view statusReason(int status) {
       {501, "Not Implemented"},
       {503, "Service Unavailable"},
       {505, "HTTP Version Not Supported"},
+      {507, "Insufficient Storage"},
   };
   for (const Phrase& p : kPhrases)
     if (p.status == status) return p.text;

@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -90,7 +91,12 @@ int run(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
-  auto db = verifier::KeyDb::open(config.dataDir);
+  verifier::KeyDbOptions dbOptions;
+  if (config.maxDbSize != 0) {
+    dbOptions.maxMapSize = config.maxDbSize;
+    dbOptions.initialMapSize = std::min(dbOptions.initialMapSize, config.maxDbSize);
+  }
+  auto db = verifier::KeyDb::open(config.dataDir, dbOptions);
   if (!db) {
     log::error("Failed to open the key database in {}: {}", config.dataDir, db.error().message);
     return 1;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/clock.h"
+#include "base/log.h"
 #include "verifier/api_json.h"
 #include "verifier/catalog.h"
 #include "verifier/scopes.h"
@@ -40,6 +41,8 @@ int statusOf(const Error& e) {
 }
 
 Reply fromError(const Error& e) {
+  // A full map or disk: the write was refused whole; reads and verification go on.
+  if (e.code == -ENOSPC) return error(507, "The key database is full.", e.message);
   int status = statusOf(e);
   if (status == 500) return error(500, "Internal error.", e.message);
   return error(status, e.message);
@@ -92,6 +95,19 @@ std::vector<std::string> stringList(const Json& j, const char* field, std::strin
     out.push_back(v.get<std::string>());
   }
   return out;
+}
+
+// The string field `field` of a JSON object, `fallback` when absent or null. json::value() would
+// throw on a field of another type; a client's body must never reach an exception.
+std::optional<std::string> stringField(const Json& j, const char* field, std::string fallback,
+                                       std::string& problem) {
+  auto it = j.find(field);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_string()) {
+    problem = fmt::format("\"{}\" must be a string", field);
+    return std::nullopt;
+  }
+  return it->get<std::string>();
 }
 
 class Call {
@@ -222,7 +238,10 @@ class Call {
     if (auto denied = require("api_key:create", &user.id)) return *denied;
     auto b = body();
     if (!b) return error(400, "Bad request.", b.error().message);
-    std::string kind = b->value("login_type", std::string("password"));
+    std::string problem;
+    auto field = stringField(*b, "login_type", "password", problem);
+    if (!field) return error(400, "Bad request.", problem);
+    const std::string& kind = *field;
     auto lt = parseLoginType(kind);
     if (!lt || *lt == LoginType::Token) {
       return error(400,
@@ -317,7 +336,9 @@ class Call {
     if (!hasOwnerRole(caller_.roles) && hasOwnerRole(splitList(roles))) {
       return error(403, "Only owners may grant the owner role.");
     }
-    auto u = manager_.createUser(b->value("username", std::string()), roles, clockNow());
+    auto username = stringField(*b, "username", std::string(), problem);
+    if (!username) return error(400, "Bad request.", problem);
+    auto u = manager_.createUser(*username, roles, clockNow());
     if (!u) return fromError(u.error());
     return Reply{201, userJson(*u)};
   }
@@ -369,8 +390,22 @@ class Call {
 
 void Management::handle(Service::Worker& worker, const HttpRequest& request, DecodeBuffer& scratch,
                         std::string& out) {
-  Reply r = Call(service_, manager_, worker, request, scratch).run();
-  appendJsonResponse(out, r.status, request.keepAlive, r.body.dump());
+  // nlohmann::json throws (a type mismatch, invalid UTF-8 in dump()). Every body field is
+  // type-checked before use; this is the backstop that keeps a missed case from ending the
+  // daemon: the client gets a 500 and the daemon logs it once per occurrence.
+  std::string body;
+  int status = 500;
+  try {
+    Reply r = Call(service_, manager_, worker, request, scratch).run();
+    status = r.status;
+    body = r.body.dump(-1, ' ', false, Json::error_handler_t::replace);
+  } catch (const std::exception& e) {
+    log::error("Failed to answer {} {}: unexpected exception: {}", request.method, request.path,
+               e.what());
+    status = 500;
+    body = Json{{"message", "Internal error."}, {"detail", "unexpected exception"}}.dump();
+  }
+  appendJsonResponse(out, status, request.keepAlive, body);
 }
 
 }  // namespace tokend::daemon

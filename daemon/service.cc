@@ -15,6 +15,9 @@ using namespace tokend::verifier;
 
 namespace {
 
+// Uses reported by clients and not yet written back (24 bytes each).
+constexpr size_t kMaxReportedUses = size_t{1} << 18;
+
 std::string_view idOf(const std::array<char, kTokenIdLength>& id) {
   return {id.data(), id.size()};
 }
@@ -127,6 +130,9 @@ size_t Service::reportUses(std::span<const Use> uses) {
   std::lock_guard lock(reportedMu_);
   for (const Use& u : uses) {
     if (u.at > now + 5 || u.at < now - 86400 || !isTokenId(idOf(u.id))) continue;
+    // Bounded: reports arrive as fast as clients send them, and a failing database keeps them.
+    // Past the bound a use is dropped: last_used is a heuristic, memory is not.
+    if (reported_.size() >= kMaxReportedUses) break;
     reported_.push_back(u);
     cache_.touch(idOf(u.id));
     ++accepted;
@@ -189,9 +195,18 @@ Result<void> Service::flushUses() {
   });
   if (!r) {
     metrics_.writebackErrors.fetch_add(1, std::memory_order_relaxed);
-    // Keep the uses for the next round: a full disk must not lose them.
+    // Keep the uses for the next round, a full disk must not lose them: one per token (its
+    // latest), so that a database refusing writes for hours costs memory per token, not per use.
+    std::vector<Use> keep;
+    keep.reserve(latest.size());
+    for (const auto& [id, at] : latest) {
+      Use u;
+      std::copy_n(id.data(), kTokenIdLength, u.id.data());
+      u.at = at;
+      keep.push_back(u);
+    }
     std::lock_guard lock(reportedMu_);
-    reported_.insert(reported_.end(), uses.begin(), uses.end());
+    reported_.insert(reported_.end(), keep.begin(), keep.end());
     return r.error();
   }
   metrics_.writebackBatches.fetch_add(1, std::memory_order_relaxed);
@@ -247,13 +262,25 @@ void Service::watch() {
 }
 
 void Service::writeback() {
+  // A database that refuses writes (a full disk) fails every round: log the first failure, then
+  // at most once a minute, and the recovery, instead of a line every interval.
+  bool failing = false;
+  int64_t loggedAt = 0;
   std::unique_lock lock(stopMu_);
   while (!stopping_) {
     stopCv_.wait_for(lock, std::chrono::milliseconds(options_.writebackIntervalMs),
                      [&] { return stopping_; });
     lock.unlock();
-    if (auto r = flushUses(); !r)
-      log::error("Failed to write back token uses: {}", r.error().message);
+    auto r = flushUses();
+    const int64_t now = clockNow();
+    if (!r && (!failing || now - loggedAt >= 60)) {
+      log::error("Failed to write back token uses (kept for the next round): {}",
+                 r.error().message);
+      loggedAt = now;
+    } else if (r && failing) {
+      log::info("Write-back of token uses works again");
+    }
+    failing = !r;
     lock.lock();
   }
 }

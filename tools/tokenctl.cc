@@ -9,6 +9,7 @@
 
 #include "base/duration.h"
 #include "tools/ctl_backend.h"
+#include "tools/ctl_import.h"
 
 namespace tokend::tools {
 namespace {
@@ -31,8 +32,27 @@ std::string envOr(const char* name) {
   return v ? v : "";
 }
 
+// JSON for people and scripts. A name stored before names were checked may hold bytes that are
+// not UTF-8: print U+FFFD for them rather than throw.
+std::string dumpJson(const Json& j) {
+  return j.dump(2, ' ', false, Json::error_handler_t::replace);
+}
+
+// A table cell: control characters (from names stored before names were checked) are shown as
+// '?', so that no cell can move the cursor, recolour or retitle the terminal.
+std::string cell(std::string s) {
+  for (char& c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return s;
+}
+
 void printTable(const std::vector<std::string>& header,
-                const std::vector<std::vector<std::string>>& rows) {
+                const std::vector<std::vector<std::string>>& rowsIn) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& r : rowsIn) {
+    rows.emplace_back();
+    for (const auto& c : r) rows.back().push_back(cell(c));
+  }
   std::vector<size_t> width(header.size());
   for (size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
   for (const auto& r : rows)
@@ -57,7 +77,7 @@ std::string joined(const Json& list) {
 
 void printUsers(const Json& users, const std::string& output) {
   if (output == "json") {
-    fmt::print("{}\n", users.dump(2));
+    fmt::print("{}\n", dumpJson(users));
     return;
   }
   std::vector<std::vector<std::string>> rows;
@@ -69,7 +89,7 @@ void printUsers(const Json& users, const std::string& output) {
 
 void printTokens(const Json& tokens, const std::string& output, bool withOwner) {
   if (output == "json") {
-    fmt::print("{}\n", tokens.dump(2));
+    fmt::print("{}\n", dumpJson(tokens));
     return;
   }
   std::vector<std::string> header = {"ID",        "NAME",       "SCOPES",    "ALLOW LIST",
@@ -202,6 +222,10 @@ int main(int argc, char** argv) {
   check->add_option("object", checkObject, "type:uuid");
   check->add_option("--owner", checkOwner, "The object's owner (user uuid)");
 
+  // import
+  ImportCommand import;
+  addImportCommand(app, import);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -214,6 +238,14 @@ int main(int argc, char** argv) {
                "tokenctl: name the database with --db DIR (or TOKEND_DB), or the daemon with "
                "--socket PATH (or TOKEND_SOCKET)\n");
     return kExitUsage;
+  }
+  if (import.command->parsed()) {
+    if (o.db.empty()) {
+      fmt::print(stderr,
+                 "tokenctl: import works in operator mode only: name the database with --db\n");
+      return kExitUsage;
+    }
+    return runImport(o.db, import.options);
   }
   Result<std::unique_ptr<Backend>> backend = [&]() -> Result<std::unique_ptr<Backend>> {
     if (!o.db.empty()) return openOperatorBackend(o.db);
@@ -269,7 +301,7 @@ int main(int argc, char** argv) {
     auto r = b.createToken(create);
     if (!r) return fail(r.error());
     if (tokenOutput == "json") {
-      fmt::print("{}\n", r->dump(2));
+      fmt::print("{}\n", dumpJson(*r));
     } else {
       fmt::print("{}\n", (*r)["key"].get<std::string>());
     }

@@ -3,6 +3,7 @@
 
 #include <sched.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -629,6 +630,47 @@ Result<void> Writer::commit() {
   return {};
 }
 
+Result<void> Writer::requireRoom() {
+  if (auto u = usable("check the room left"); !u) return u;
+  MDB_envinfo info;
+  MDB_stat st;
+  mdb_env_info(db_.env_, &info);
+  mdb_env_stat(db_.env_, &st);
+  const size_t page = st.ms_psize;
+  const size_t capPages = db_.options_.maxMapSize / page;
+  const size_t usedPages = info.me_last_pgno + 1;
+  size_t freePages = capPages > usedPages ? capPages - usedPages : 0;
+  // Pages on LMDB's free list (FREE_DBI, handle 0): each value is an ID list whose first word is
+  // its length. Walked only when the never-used pages alone fall short.
+  size_t reserve = db_.options_.reserveBytes;
+  if (reserve == 0) reserve = std::min<size_t>(db_.options_.maxMapSize / 8, size_t{4} << 20);
+  if (freePages * page < reserve) {
+    // LMDB lets only read-only transactions open a cursor on the free list. A short one beside
+    // this write (MDB_NOTLS) sees the same last commit; no remap can start while we write.
+    MDB_txn* rtxn = nullptr;
+    if (int r = mdb_txn_begin(db_.env_, nullptr, MDB_RDONLY, &rtxn))
+      return mdbError("read the free list", r);
+    ScopeExit end([&] { mdb_txn_abort(rtxn); });
+    Cursor c;
+    if (int r = c.open(rtxn, 0)) return mdbError("read the free list", r);
+    MDB_val k, v;
+    for (int r = c.get(k, v, MDB_FIRST); r == 0; r = c.get(k, v, MDB_NEXT)) {
+      if (v.mv_size >= sizeof(size_t)) {
+        size_t n = 0;
+        std::memcpy(&n, v.mv_data, sizeof n);
+        freePages += n;
+      }
+    }
+  }
+  if (freePages * page >= reserve) return {};
+  return makeError("the key database is full: " + std::to_string(freePages * page / 1024) +
+                       " KiB left of its " + std::to_string(db_.options_.maxMapSize >> 10) +
+                       " KiB cap, and the last " + std::to_string(reserve / 1024) +
+                       " KiB are kept for deletes and updates (delete tokens, or raise "
+                       "--max-db-size)",
+                   -ENOSPC);
+}
+
 // ---- KeyDb --------------------------------------------------------------------------------
 
 Result<std::unique_ptr<KeyDb>> KeyDb::open(const std::string& dir, const KeyDbOptions& options) {
@@ -638,6 +680,7 @@ Result<std::unique_ptr<KeyDb>> KeyDb::open(const std::string& dir, const KeyDbOp
   }
   std::unique_ptr<KeyDb> db(new KeyDb());
   db->options_ = options;
+  db->dir_ = dir;
   db->mapUsers_.push_back(&db->writerUse_);
   if (int rc = mdb_env_create(&db->env_)) {
     db->env_ = nullptr;
@@ -847,6 +890,16 @@ Result<void> KeyDb::update(const std::function<Result<void>(Writer&)>& fn) {
     if (w.mapFull_) {
       if (auto g = resizeMap(true); !g) return g;
       continue;
+    }
+    // LMDB reports a short write (a full file system) as EIO. Say what it was.
+    if (!r && r.error().code == -EIO) {
+      struct statvfs fs {};
+      if (::statvfs(dir_.c_str(), &fs) == 0 && fs.f_bavail * fs.f_frsize < (size_t{1} << 20)) {
+        return makeError(r.error().message + " (the file system holding the database has " +
+                             std::to_string(fs.f_bavail * fs.f_frsize / 1024) +
+                             " KiB free: " + std::strerror(ENOSPC) + ")",
+                         -ENOSPC);
+      }
     }
     return r;
   }

@@ -45,6 +45,10 @@ inline constexpr uint32_t kSchemaVersion = 1;
 struct KeyDbOptions {
   size_t initialMapSize = size_t{64} << 20;  // grown by doubling on MDB_MAP_FULL
   size_t maxMapSize = size_t{1} << 40;
+  // Writer::requireRoom() refuses growth when less than this is left below maxMapSize (0:
+  // maxMapSize / 8, at most 4 MiB), so that deletes and updates, which need a few fresh pages
+  // themselves (copy-on-write), still work in a full database and can make room again.
+  size_t reserveBytes = 0;
   unsigned maxReaders = 1024;
   size_t changelogKeep = 65536;  // entries kept before the oldest are trimmed
   bool readOnly = false;
@@ -135,6 +139,10 @@ class Writer : public Txn {
   Result<void> putToken(const TokenRecord& t);
   // Deletes the token and its index entries (-ENOENT if there is no such token).
   Result<void> deleteToken(std::string_view id);
+  // For operations that grow the database (new users, tokens, sessions): -ENOSPC when less than
+  // KeyDbOptions::reserveBytes is left below maxMapSize (never-used pages plus LMDB's free list),
+  // so that a full database still takes deletes, expiries and write-backs, which free space.
+  Result<void> requireRoom();
   // update() commits after `fn` returns; call this only to see a commit error inside `fn`.
   // Refused after a failed write in this transaction (LMDB may have applied part of it).
   Result<void> commit();
@@ -172,7 +180,8 @@ class KeyDb {
   Result<std::unique_ptr<Reader>> reader();
   // Runs `fn` in one write transaction and commits it; on MDB_MAP_FULL grows the map and runs
   // `fn` again from the start (so `fn` must have no side effects outside the Writer). Any error
-  // from `fn` aborts the transaction: nothing is written.
+  // from `fn` aborts the transaction: nothing is written. A write refused for space (the map at
+  // maxMapSize, or the file system full, which LMDB reports as a short write, EIO) is -ENOSPC.
   Result<void> update(const std::function<Result<void>(Writer&)>& fn);
   // The id of the last committed write transaction of any process (cheap: no transaction).
   uint64_t lastTxnId() const;
@@ -189,6 +198,7 @@ class KeyDb {
   void leaveMap(detail::MapUse& use);
   // Remaps: doubles the map (grow) or adopts the size another process committed (!grow).
   Result<void> resizeMap(bool grow);
+  std::string dir_;
   MDB_env* env_ = nullptr;
   MDB_dbi meta_ = 0, users_ = 0, usernames_ = 0, tokens_ = 0, tokenNames_ = 0, userTokens_ = 0,
           changelog_ = 0;

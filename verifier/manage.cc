@@ -73,6 +73,32 @@ Result<TokenRecord> readToken(Txn& txn, std::string_view ref, std::optional<Uuid
   return std::move(matches.front());
 }
 
+// Well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF) without C0 or
+// C1 control characters or DEL.
+bool isPrintableUtf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      if (c < 0x20 || c == 0x7f) return false;
+      ++i;
+      continue;
+    }
+    size_t n = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : c >= 0xc2 ? 1 : 0;
+    if (n == 0 || c > 0xf4 || i + n >= s.size()) return false;
+    uint32_t cp = c & (0x3f >> n);
+    for (size_t k = 1; k <= n; ++k) {
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp <= 0x9f))
+      return false;
+    i += n + 1;
+  }
+  return true;
+}
+
 }  // namespace
 
 bool isValidUsername(std::string_view n) {
@@ -104,6 +130,7 @@ Result<UserRecord> Manager::createUser(std::string_view username,
     auto existing = w.userByName(username);
     if (!existing) return existing.error();
     if (*existing) return makeError(fmt::format("user \"{}\" already exists", username), -EEXIST);
+    if (auto room = w.requireRoom(); !room) return room;
     return w.putUser(u);
   });
   if (!r) return r.error();
@@ -179,6 +206,10 @@ Result<CreatedToken> Manager::createToken(const CreateTokenRequest& req, int64_t
   if (req.name && req.name->empty()) return makeError("token name must not be empty");
   if (req.name && req.name->size() > 64)
     return makeError("token name is longer than 64 characters");
+  // Names are shown in listings, tables and JSON to other people (an owner listing every
+  // user's tokens): no terminal escapes, no line breaks, nothing JSON cannot carry.
+  if (req.name && !isPrintableUtf8(*req.name))
+    return makeError("token name must be printable UTF-8 text without control characters");
 
   CreatedToken out;
   auto r = db_.update([&](Writer& w) -> Result<void> {
@@ -187,6 +218,7 @@ Result<CreatedToken> Manager::createToken(const CreateTokenRequest& req, int64_t
     if (!*u) return notFound("user", req.user.toString());
     auto lifetime = apiTokenLifetime(req.lifetime, hasOwnerRole((*u)->roles), config_);
     if (!lifetime) return lifetime.error();
+    if (auto room = w.requireRoom(); !room) return room;
     Sha256 sha;
     NewToken nt = mintToken();
     TokenRecord& t = out.record;
@@ -216,6 +248,7 @@ Result<CreatedToken> Manager::createSession(const Uuid& user, LoginType kind, in
     auto u = w.user(user);
     if (!u) return u.error();
     if (!*u) return notFound("user", user.toString());
+    if (auto room = w.requireRoom(); !room) return room;
     Sha256 sha;
     NewToken nt = mintToken();
     TokenRecord& t = out.record;

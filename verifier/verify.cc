@@ -59,18 +59,12 @@ Reason decide(const TokenFacts& t, const Digest& presented, const Query& q, int6
   return Reason::Role;
 }
 
-Result<bool> loadToken(Txn& txn, std::string_view id, CompiledToken& out) {
-  auto rec = txn.token(id);
-  if (!rec) return rec.error();
-  if (!*rec) return false;
-  const TokenRecord& t = **rec;
-  auto user = txn.user(t.userId);
-  if (!user) return user.error();
-  if (!*user) return false;
-  const UserRecord& u = **user;
-
+Result<void> compileToken(const TokenRecord& t, const UserRecord& u, CompiledToken& out) {
+  // The cache and every answer copy exactly kTokenIdLength bytes of the id.
+  if (!isTokenId(t.id)) return makeError("token record: id is not a token id", -EBADMSG);
+  if (t.userId != u.id) return makeError("token record " + t.id + ": user mismatch", -EBADMSG);
   auto scopes = compileScopes(t.scopes);
-  if (!scopes) return scopes.error();
+  if (!scopes) return makeError("token record " + t.id + ": " + scopes.error().message, -EBADMSG);
   std::copy_n(t.id.data(), kTokenIdLength, out.id.data());
   out.secretHash = t.secretHash;
   out.userId = t.userId;
@@ -85,11 +79,25 @@ Result<bool> loadToken(Txn& txn, std::string_view id, CompiledToken& out) {
   out.allowCount = 0;
   for (const std::string& entry : t.allowList) {
     auto e = parseAllowEntry(entry);
-    if (!e) return e.error();
+    if (!e) return makeError("token record " + t.id + ": " + e.error().message, -EBADMSG);
     if (out.allowCount == kMaxAllowEntries) break;
     out.allow[out.allowCount++] = *e;
   }
   if (t.allowList.empty()) out.allow[out.allowCount++] = AllowEntry{};
+  return {};
+}
+
+Result<bool> loadToken(Txn& txn, std::string_view id, CompiledToken& out) {
+  auto rec = txn.token(id);
+  if (!rec) return rec.error();
+  if (!*rec) return false;
+  const TokenRecord& t = **rec;
+  if (t.id != id)
+    return makeError("token record under key " + std::string(id) + " has another id", -EBADMSG);
+  auto user = txn.user(t.userId);
+  if (!user) return user.error();
+  if (!*user) return false;
+  if (auto r = compileToken(t, **user, out); !r) return r.error();
   return true;
 }
 

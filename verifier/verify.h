@@ -76,6 +76,11 @@ struct CompiledToken {
   }
 };
 
+// Compiles a token record and its user's record into `out`. Errors (-EBADMSG) for records that
+// decode but break the model (a corrupt or hand-edited database): an id that is not a token id,
+// a token of another user, an unknown scope, a bad allow-list entry.
+Result<void> compileToken(const TokenRecord& token, const UserRecord& user, CompiledToken& out);
+
 // Reads token `id` and its user and compiles them into `out`. Returns false when there is no such
 // token (or its user is gone); an error when a record is corrupt or the read fails.
 Result<bool> loadToken(Txn& txn, std::string_view id, CompiledToken& out);

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <thread>
@@ -81,7 +82,16 @@ std::string readUntilClosed(int fd, int timeoutMs, bool* closed) {
 
 Daemon::Daemon(std::vector<std::string> args, std::map<std::string, std::string> env)
     : args_(std::move(args)), env_(std::move(env)) {
-  socket_ = dir_ / "data/tokend.sock";
+  auto given = std::find(args_.begin(), args_.end(), "--data-dir");
+  if (given != args_.end() && given + 1 != args_.end()) {
+    dataDir_ = *(given + 1);
+  } else {
+    dataDir_ = dir_ / "data";
+    args_.insert(args_.begin(), {"--data-dir", dataDir_});
+  }
+  auto socket = std::find(args_.begin(), args_.end(), "--socket");
+  socket_ = socket != args_.end() && socket + 1 != args_.end() ? *(socket + 1)
+                                                               : dataDir_ + "/tokend.sock";
   start();
 }
 
@@ -90,7 +100,10 @@ Daemon::~Daemon() {
 }
 
 void Daemon::start() {
-  std::vector<std::string> argv = {programPath("TOKEND"), "--data-dir", dir_ / "data"};
+  std::vector<std::string> argv;
+  if (const char* launcher = std::getenv("TOKEND_TEST_LAUNCHER"); launcher && *launcher)
+    argv.push_back(launcher);
+  argv.push_back(programPath("TOKEND"));
   argv.insert(argv.end(), args_.begin(), args_.end());
   child_ = spawn(argv, env_, dir_.path());
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -120,7 +133,7 @@ void Daemon::restart() {
 }
 
 RunResult Daemon::ctl(std::vector<std::string> args, std::map<std::string, std::string> env) const {
-  std::vector<std::string> argv = {programPath("TOKENCTL"), "--db", dir_ / "data"};
+  std::vector<std::string> argv = {programPath("TOKENCTL"), "--db", dataDir_};
   argv.insert(argv.end(), args.begin(), args.end());
   return run(argv, env);
 }

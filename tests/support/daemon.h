@@ -24,7 +24,10 @@ std::string readUntilClosed(int fd, int timeoutMs, bool* closed);
 class Daemon {
  public:
   // Starts the built tokend (env TOKEND) on <tmp>/data with `args`, waits for its socket, and
-  // reads the admin's first token from its stdout.
+  // reads the admin's first token from its stdout. When `args` hold "--data-dir DIR", DIR is used
+  // instead (e.g. a small tmpfs); "--socket PATH" is honoured too. When TOKEND_TEST_LAUNCHER is set
+  // (a program path), tokend runs under it: "<launcher> <tokend> args..." (e.g. a seccomp filter
+  // that refuses io_uring).
   explicit Daemon(std::vector<std::string> args = {}, std::map<std::string, std::string> env = {});
   ~Daemon();
   Daemon(const Daemon&) = delete;
@@ -32,11 +35,18 @@ class Daemon {
 
   // SIGTERM and wait; returns the exit status.
   int stop();
+  // Sends `sig` (SIGKILL for a crash) and waits; returns the exit status. restart() starts it
+  // again on the same data dir.
+  int kill(int sig) { return child_.stop(sig); }
+  // Sets an environment variable for the next start (restart()).
+  void setEnv(const std::string& name, const std::string& value) { env_[name] = value; }
+  // The running daemon's pid, or -1.
+  pid_t pid() const { return child_.pid; }
   // Starts it again on the same data dir.
   void restart();
 
   const std::string& socket() const { return socket_; }
-  std::string dataDir() const { return dir_ / "data"; }
+  const std::string& dataDir() const { return dataDir_; }
   const std::string& adminToken() const { return adminToken_; }
   const TempDir& dir() const { return dir_; }
   std::string log() const { return child_.err(); }
@@ -53,6 +63,7 @@ class Daemon {
   TempDir dir_;
   std::vector<std::string> args_;
   std::map<std::string, std::string> env_;
+  std::string dataDir_;
   std::string socket_;
   std::string adminToken_;
   Child child_;

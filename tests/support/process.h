@@ -51,4 +51,11 @@ std::string programPath(const char* name);
 
 std::string readFile(const std::string& path);
 
+// A "<field>: <n> kB" line of /proc/<pid>/status (VmRSS, RssAnon, ...), in KiB; -1 when it
+// cannot be read. RssAnon is the heap and stacks, without mapped files such as the database.
+long statusKiB(pid_t pid, const char* field);
+inline long rssKiB(pid_t pid) {
+  return statusKiB(pid, "VmRSS");
+}
+
 }  // namespace tokend::test

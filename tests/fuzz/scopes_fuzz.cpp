@@ -1,0 +1,70 @@
+// libFuzzer target: scope and role names (tokenctl --scope, the API's "scopes" and "roles"):
+// validation, aliases, normalisation, compilation.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "verifier/scopes.h"
+
+using namespace tokend::verifier;
+
+namespace {
+
+// A failed invariant must stop the fuzzer with a crash it can minimise, whatever NDEBUG says.
+void require(bool ok) {
+  if (!ok) __builtin_trap();
+}
+
+// The input as newline-separated values, each of which may hold a comma-separated list.
+std::vector<std::string> values(std::string_view in) {
+  std::vector<std::string> out;
+  while (!in.empty()) {
+    size_t nl = in.find('\n');
+    out.emplace_back(in.substr(0, nl));
+    if (nl == std::string_view::npos) break;
+    in.remove_prefix(nl + 1);
+  }
+  return out;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size > 4096) return 0;  // the API body is bounded; longer lists only cost time
+  std::string_view in(reinterpret_cast<const char*>(data), size);
+  std::vector<std::string> names = splitList(values(in));
+  for (const std::string& n : names) {
+    require(!n.empty() && n.find(',') == std::string::npos);
+    require(n.front() != ' ' && n.back() != ' ');
+  }
+
+  auto all = normalizeScopes(names, false);
+  auto pub = normalizeScopes(names, true);
+  // Whatever the public subset accepts, the full catalog accepts, to the same normal form.
+  if (pub) require(all && *all == *pub);
+  if (all) {
+    require(!all->empty());
+    // Normal forms are fixed points, and compile to what the raw names compile to.
+    auto again = normalizeScopes(*all, false);
+    require(again && *again == *all);
+    auto raw = compileScopes(names);
+    auto normal = compileScopes(*all);
+    require(raw && normal && *raw == *normal);
+    // Roles narrow what scopes grant, never widen it.
+    Grant g = compileGrant(*normal, std::vector<std::string>{"owner"});
+    require(normal->contains(g.site) && normal->contains(g.owned));
+  } else {
+    require(all.error().message.starts_with("invalid or unsupported API key scope: \""));
+  }
+
+  auto roles = normalizeRoles(names);
+  if (roles) {
+    auto again = normalizeRoles(*roles);
+    require(again && *again == *roles);
+    RolePerms p = rolePermissions(*roles);
+    (void)p;
+  }
+  return 0;
+}
