@@ -20,8 +20,10 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <bit>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -136,7 +138,7 @@ Result<int64_t> parseNanos(std::string_view text) {
   return static_cast<int64_t>(total);
 }
 
-// "valid=90,unknown=5,...": weights of the request kinds, normalised to a cumulative table.
+// "valid=90,unknown=5,...": weights of the request kinds, normalised to shares summing to 1.
 Result<std::array<double, kKinds>> parseMix(std::string_view text) {
   std::array<double, kKinds> w{};
   size_t pos = 0;
@@ -307,7 +309,7 @@ class Connection {
     out_.reserve(plan.depth * (plan.asked.bytes.size() + plan.denied.bytes.size()));
   }
 
-  size_t inFlight() const { return count_; }
+  size_t inFlight() const { return fifoCount_; }
   bool outPending() const { return outOff_ < out_.size(); }
 
   // Appends one request to the output. `startNs` is when its latency starts.
@@ -323,17 +325,17 @@ class Connection {
       char& c = out_[at + t.tokenOffset + kTokenLength - 1];
       c = c == 'a' ? 'b' : 'a';
     }
-    InFlight& f = fifo_[(head_ + count_) % fifo_.size()];
+    InFlight& f = fifo_[(fifoHead_ + fifoCount_) % fifo_.size()];
     f = InFlight{startNs, id, pick, measured};
-    ++count_;
+    ++fifoCount_;
     if (measured) ++stats_.sent;
   }
 
   // Closed loop: sets the start time of the last `n` requests added (a batch is timed from just
   // before its send, after it was built).
   void stampLast(size_t n, int64_t startNs) {
-    for (size_t i = count_ - n; i < count_; ++i)
-      fifo_[(head_ + i) % fifo_.size()].startNs = startNs;
+    for (size_t i = fifoCount_ - n; i < fifoCount_; ++i)
+      fifo_[(fifoHead_ + i) % fifo_.size()].startNs = startNs;
   }
 
   // Sends what is pending. False when the connection failed (it is then dead).
@@ -359,17 +361,17 @@ class Connection {
 
   // Reads once and handles every whole answer. False when the connection ended.
   bool readAnswers() {
-    if (tail_ == in_.size()) {
+    if (inTail_ == in_.size()) {
       // A partial answer fills the buffer: move it to the front, or grow for a huge one.
-      if (head_in_ > 0) {
-        std::memmove(in_.data(), in_.data() + head_in_, tail_ - head_in_);
-        tail_ -= head_in_;
-        head_in_ = 0;
+      if (inHead_ > 0) {
+        std::memmove(in_.data(), in_.data() + inHead_, inTail_ - inHead_);
+        inTail_ -= inHead_;
+        inHead_ = 0;
       } else {
         in_.resize(in_.size() * 2);
       }
     }
-    ssize_t n = ::recv(fd.get(), in_.data() + tail_, in_.size() - tail_, 0);
+    ssize_t n = ::recv(fd.get(), in_.data() + inTail_, in_.size() - inTail_, 0);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN) return true;
       fail();
@@ -379,21 +381,21 @@ class Connection {
       fail();
       return false;
     }
-    tail_ += static_cast<size_t>(n);
+    inTail_ += static_cast<size_t>(n);
     int64_t now = monotonicNanos();
-    while (head_in_ < tail_) {
-      Answer a = parseAnswer(plan_.wire, std::string_view(in_.data() + head_in_, tail_ - head_in_));
+    while (inHead_ < inTail_) {
+      Answer a = parseAnswer(plan_.wire, std::string_view(in_.data() + inHead_, inTail_ - inHead_));
       if (a.status == AnswerStatus::NeedMore) break;
-      if (a.status == AnswerStatus::Broken || count_ == 0) {
+      if (a.status == AnswerStatus::Broken || fifoCount_ == 0) {
         // Bytes that are no answer, or an answer to nothing: the stream cannot be followed.
         ++stats_.broken;
         fail();
         return false;
       }
-      head_in_ += a.consumed;
-      InFlight f = fifo_[head_];
-      head_ = (head_ + 1) % fifo_.size();
-      --count_;
+      inHead_ += a.consumed;
+      InFlight f = fifo_[fifoHead_];
+      fifoHead_ = (fifoHead_ + 1) % fifo_.size();
+      --fifoCount_;
       check(a, f);
       ++stats_.answeredAll;
       if (f.measured) {
@@ -408,20 +410,20 @@ class Connection {
         return false;
       }
     }
-    if (head_in_ == tail_)
-      head_in_ = tail_ = 0;
-    else if (in_.size() - tail_ < 4096) {
-      std::memmove(in_.data(), in_.data() + head_in_, tail_ - head_in_);
-      tail_ -= head_in_;
-      head_in_ = 0;
+    if (inHead_ == inTail_)
+      inHead_ = inTail_ = 0;
+    else if (in_.size() - inTail_ < 4096) {
+      std::memmove(in_.data(), in_.data() + inHead_, inTail_ - inHead_);
+      inTail_ -= inHead_;
+      inHead_ = 0;
     }
     return true;
   }
 
   // The end of the run: what is still in flight will not be answered.
   void abandon() {
-    stats_.lost += count_;
-    count_ = 0;
+    stats_.lost += fifoCount_;
+    fifoCount_ = 0;
   }
 
  private:
@@ -446,7 +448,7 @@ class Connection {
 
   void fail() {
     if (!dead) {
-      if (!done || count_ > 0) ++stats_.closed;
+      if (!done || fifoCount_ > 0) ++stats_.closed;
       dead = true;
       done = true;
       abandon();
@@ -459,12 +461,12 @@ class Connection {
   size_t pickPos_;
   Stats& stats_;
   std::vector<InFlight> fifo_;  // ring of `depth` entries
-  size_t head_ = 0, count_ = 0;
+  size_t fifoHead_ = 0, fifoCount_ = 0;
   uint64_t nextId_ = 1;
   std::string out_;
   size_t outOff_ = 0;
   std::vector<char> in_;
-  size_t head_in_ = 0, tail_ = 0;
+  size_t inHead_ = 0, inTail_ = 0;
 };
 
 Result<UniqueFd> connectUnix(const std::string& path) {
