@@ -33,7 +33,9 @@ int randomMs(int lo, int hi) {
 }
 
 void requireConsistent(const DbCheck& c) {
-  for (const std::string& p : c.problems) CAPTURE(p);
+  std::string all;
+  for (const std::string& p : c.problems) all += p + "\n";
+  INFO(all);
   REQUIRE(c.problems.empty());
 }
 

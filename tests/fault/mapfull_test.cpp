@@ -71,7 +71,9 @@ TEST_SUITE("MapFull") {
     // Refused again, the same way, and nothing half-written.
     CHECK(httpRequest(d.socket(), "POST", base, admin, bigToken(9999)).status == 507);
     DbCheck c = checkDatabase(d.dataDir());
-    for (const auto& p : c.problems) CAPTURE(p);
+    std::string problems;
+    for (const auto& p : c.problems) problems += p + "\n";
+    INFO(problems);
     CHECK(c.problems.empty());
     CHECK(c.tokens.size() == ids.size() + 1);
 

@@ -121,8 +121,20 @@ Attach attachAs(const std::string& socket, uid_t uid) {
   ::close(pipefd[0]);
   int status = 0;
   ::waitpid(pid, &status, 0);
+  INFO("the child (uid ", uid, ") ended with status ", status,
+       " (3: could not drop privileges, 4: could not connect)");
   REQUIRE(n == static_cast<ssize_t>(sizeof a));
   return a;
+}
+
+// tokend binds its socket under umask 0177 and opens it up to --socket-mode right after; the
+// test harness knows it is up once root can connect, which is before that chmod.
+void waitForMode(const std::string& socket, unsigned mode) {
+  for (int i = 0; i < 400; ++i) {
+    struct stat st {};
+    if (::stat(socket.c_str(), &st) == 0 && (st.st_mode & 07777) == mode) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 }  // namespace
@@ -144,7 +156,7 @@ TEST_SUITE("Security") {
       CHECK((modeOf(d.dataDir() + "/data.mdb") & 077) == 0);
       CHECK((modeOf(d.dataDir() + "/lock.mdb") & 077) == 0);
     }
-    for (const char* mode : {"0600", "0666", "600"}) {
+    for (std::string mode : {"0600", "0666", "600"}) {
       Daemon d({"--socket-mode", mode});
       CAPTURE(mode);
       CHECK(modeOf(d.socket()) == std::stoul(mode, nullptr, 8));
@@ -168,6 +180,7 @@ TEST_SUITE("Security") {
     const uid_t nobody = 65534;
     {
       Daemon d({"--socket", socket, "--socket-mode", "0666"});
+      waitForMode(socket, 0666);
       Attach other = attachAs(socket, nobody);
       CHECK(other.opcode == static_cast<int>(bp::Opcode::Error));
       CHECK(other.error == static_cast<int>(bp::ErrorCode::NotPermitted));
@@ -188,6 +201,7 @@ TEST_SUITE("Security") {
     {
       Daemon d(
           {"--socket", socket, "--socket-mode", "0666", "--shm-allow-uid", std::to_string(nobody)});
+      waitForMode(socket, 0666);
       Attach other = attachAs(socket, nobody);
       CHECK(other.opcode == static_cast<int>(bp::Opcode::ShmGranted));
       CHECK(other.gotFd);
@@ -199,6 +213,7 @@ TEST_SUITE("Security") {
     {
       Daemon d(
           {"--socket", socket, "--socket-mode", "0666", "--shm-allow-gid", std::to_string(nobody)});
+      waitForMode(socket, 0666);
       Attach other = attachAs(socket, nobody);
       CHECK(other.gotFd);
     }
@@ -242,7 +257,7 @@ TEST_SUITE("Security") {
     REQUIRE(mine.status == 0);
     tokens.push_back(mine.out.substr(0, 33));
     keep(mine.err);
-    HttpReply s = httpRequest(d.socket(), "POST", "/api/v2/users/me/keys", tokens[2],
+    HttpReply s = httpRequest(d.socket(), "POST", "/api/v2/users/me/keys", tokens[3],
                               "{\"login_type\":\"oidc\"}");
     REQUIRE(s.status == 201);
     tokens.push_back(Json::parse(s.body)["key"]);
@@ -345,7 +360,7 @@ TEST_SUITE("Security") {
     CHECK(httpRequest(d.socket(), "PUT", "/api/v2/users/ned/status/suspend", mia).status == 403);
     CHECK(httpRequest(d.socket(), "DELETE", "/api/v2/users/boss", mia).status == 403);
     // Non-public scopes are refused, also inside a comma list and through the alias forms.
-    for (const char* scope : {"system:read", "workspace:read,user:*", "*:*"}) {
+    for (std::string scope : {"system:read", "workspace:read,system:*", "*:*", "workspace:fly"}) {
       HttpReply r = httpRequest(d.socket(), "POST", "/api/v2/users/me/keys/tokens", mia,
                                 Json{{"scopes", {scope}}}.dump());
       CAPTURE(scope);
@@ -373,7 +388,7 @@ TEST_SUITE("Security") {
     CHECK(forMia.status == 201);
     CHECK(httpRequest(d.socket(), "DELETE", "/api/v2/users/ned/keys/" + nedId, boss).status == 200);
     // Bodies of the wrong shape are refused with 400, never an internal error.
-    for (const char* body : {"{\"login_type\":5}", "{\"login_type\":null}", "[]",
+    for (std::string body : {"{\"login_type\":5}", "{\"login_type\":null}", "[]",
                              "{\"scopes\":\"x\"}", "{\"token_name\":{}}", "{\"lifetime\":1.5}"}) {
       HttpReply r = httpRequest(d.socket(), "POST", "/api/v2/users/me/keys", mia, body);
       CAPTURE(body);
@@ -383,13 +398,13 @@ TEST_SUITE("Security") {
     }
     // Token names are shown to others (an owner's list of every token): no terminal escapes,
     // no line breaks, no invalid UTF-8 (from tokenctl, whose arguments are bytes).
-    for (const char* name : {"\\u001b]0;owned\\u0007", "two\\nlines", "del\\u007f", "c1\\u0085"}) {
+    for (std::string name : {"\\u001b]0;owned\\u0007", "two\\nlines", "del\\u007f", "c1\\u0085"}) {
       HttpReply r = httpRequest(d.socket(), "POST", "/api/v2/users/me/keys/tokens", mia,
                                 std::string("{\"token_name\":\"") + name + "\"}");
       CAPTURE(name);
       CHECK(r.status == 400);
     }
-    for (const char* name : {"\x1b[31mred", "bad\xff", "tab\there"}) {
+    for (std::string name : {"\x1b[31mred", "bad\xff", "tab\there"}) {
       RunResult r = d.ctl({"tokens", "create", "--user", "mia", "--name", name});
       CAPTURE(name);
       CHECK(r.status != 0);
