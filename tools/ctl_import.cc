@@ -1,23 +1,27 @@
-// tokenctl import: JSON lines in, tokens out in batched write transactions (see ctl_import.h).
+// tokenctl import: JSON lines in, checked whole, then written in id-ordered batches (see
+// ctl_import.h).
 #include "tools/ctl_import.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <openssl/rand.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <deque>
-#include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "base/clock.h"
 #include "base/duration.h"
@@ -37,41 +41,352 @@ using Json = nlohmann::json;
 
 constexpr int kExitFailed = 1;
 constexpr size_t kMaxReportedErrors = 20;
-// Distinct scope and allow lists remembered, normalised, by the parser: imports hold few.
+// Distinct scope and allow lists remembered, normalised, per parsing thread: imports hold few.
 constexpr size_t kMaxMemo = 4096;
-constexpr int kCancelled = -ECANCELED;  // the dry run's way out of update() without a commit
+constexpr size_t kBlockBytes = size_t{4} << 20;  // input handed to a parsing thread at a time
+constexpr size_t kMaxLineBytes = size_t{1} << 20;
+constexpr size_t kArenaChunk = size_t{16} << 20;
+constexpr size_t kMaxNameBytes = 64;
 
-// One input line, parsed and checked as far as it can be without the database.
-struct Prepared {
+struct LineError {
+  uint64_t line;
+  std::string message;
+  friend bool operator<(const LineError& a, const LineError& b) { return a.line < b.line; }
+};
+
+// Bytes that stay put: the encoded records (a few hundred bytes a token) live here, not in
+// millions of small heap blocks.
+class Arena {
+ public:
+  char* alloc(size_t n) {
+    if (n > kArenaChunk) return bigs_.emplace_back(std::make_unique<char[]>(n)).get();
+    if (used_ + n > kArenaChunk || chunks_.empty()) {
+      chunks_.push_back(std::make_unique<char[]>(kArenaChunk));
+      used_ = 0;
+    }
+    char* p = chunks_.back().get() + used_;
+    used_ += n;
+    return p;
+  }
+
+ private:
+  std::vector<std::unique_ptr<char[]>> chunks_, bigs_;
+  size_t used_ = 0;
+};
+
+// One token to write. `data` holds the encoded record, then the name (nameLen bytes), then, for
+// a minted token, its key (kTokenLength bytes).
+struct Entry {
+  char id[kTokenIdLength];
+  uint8_t minted = 0;
+  uint8_t skip = 0;  // already stored (--skip-existing)
+  uint32_t user = 0;
   uint64_t line = 0;
-  std::string error;  // not empty: the line is refused
-  std::string userRef;
-  TokenRecord record;  // userId, name (when defaulted), expiresAt and lifetime set by the writer
-  bool nameGiven = false;
-  std::optional<int64_t> lifetime;
-  std::optional<int64_t> expiresAt;
-  bool createdGiven = false;
-  bool updatedGiven = false;
-  std::string key;  // a minted token: printed once its batch is committed
+  const char* data = nullptr;
+  uint32_t recordLen = 0;
+  uint16_t nameLen = 0;
+
+  std::string_view idView() const { return {id, kTokenIdLength}; }
+  std::string_view record() const { return {data, recordLen}; }
+  std::string_view name() const { return {data + recordLen, nameLen}; }
+  std::string_view key() const { return {data + recordLen + nameLen, kTokenLength}; }
+};
+static_assert(sizeof(Entry) == 40);
+
+// Id order as LMDB sorts keys (bytewise), on two big-endian loads instead of a memcmp call.
+bool entryLess(const Entry& a, const Entry& b) {
+  uint64_t x, y;
+  std::memcpy(&x, a.id, 8);
+  std::memcpy(&y, b.id, 8);
+  if (x != y) return __builtin_bswap64(x) < __builtin_bswap64(y);
+  uint16_t u, v;
+  std::memcpy(&u, a.id + 8, 2);
+  std::memcpy(&v, b.id + 8, 2);
+  return __builtin_bswap16(u) < __builtin_bswap16(v);
+}
+
+// ---- Users ----------------------------------------------------------------------------------
+
+struct UserSlot {
+  Uuid id;
+  std::string username;  // for users to create
+  bool owner = false;
+  bool create = false;  // --create-users: made in the first write transaction
 };
 
-struct Batch {
-  std::vector<Prepared> items;
-  uint64_t firstLine = 0;
-  uint64_t lastLine = 0;
+// The users named by the input, resolved once each, shared by the parsing threads.
+class UserDirectory {
+ public:
+  UserDirectory(KeyDb& db, bool createUsers, int64_t now)
+      : db_(db), createUsers_(createUsers), now_(now) {}
+
+  struct Resolved {
+    uint32_t index;
+    Uuid id;
+    bool owner;
+  };
+  // The user `ref` (a username or uuid) names, or an error for the line. Any thread.
+  Result<Resolved> resolve(const std::string& ref) {
+    std::lock_guard lock(mu_);
+    auto it = byRef_.find(ref);
+    if (it == byRef_.end()) {
+      auto found = lookup(ref);
+      if (found) {
+        users_.push_back(std::move(*found));
+        it = byRef_.emplace(ref, static_cast<int64_t>(users_.size() - 1)).first;
+      } else {
+        errors_.push_back(found.error().message);
+        it = byRef_.emplace(ref, -static_cast<int64_t>(errors_.size())).first;
+      }
+    }
+    if (it->second < 0) return makeError(errors_[static_cast<size_t>(-it->second - 1)]);
+    const UserSlot& u = users_[static_cast<size_t>(it->second)];
+    return Resolved{static_cast<uint32_t>(it->second), u.id, u.owner};
+  }
+  // Once the parsing threads are done: slots do not move after that.
+  const UserSlot& at(uint32_t i) const { return users_[i]; }
+  const std::vector<UserSlot>& all() const { return users_; }
+
+ private:
+  Result<UserSlot> lookup(const std::string& ref) {
+    if (!reader_) {
+      auto r = db_.reader();
+      if (!r) return r.error();
+      reader_ = std::move(*r);
+    }
+    if (auto b = reader_->begin(); !b) return b.error();
+    ScopeExit end([&] { reader_->end(); });
+    std::optional<UserRecord> u;
+    if (auto id = Uuid::parse(ref)) {
+      auto r = reader_->user(*id);
+      if (!r) return r.error();
+      u = std::move(*r);
+    }
+    if (!u) {
+      auto r = reader_->userByName(ref);
+      if (!r) return r.error();
+      u = std::move(*r);
+    }
+    if (u) return UserSlot{u->id, {}, hasOwnerRole(u->roles), false};
+    if (!createUsers_ || Uuid::parse(ref)) {
+      return makeError(
+          fmt::format("user \"{}\" not found (create it first, or pass --create-users)", ref));
+    }
+    if (!isValidUsername(ref)) {
+      return makeError(fmt::format(
+          "invalid username \"{}\": want 1 to 32 of a-z, 0-9, '-' and '_', starting with a letter "
+          "or digit",
+          ref));
+    }
+    return UserSlot{Uuid::random(), ref, false, true};
+  }
+
+  KeyDb& db_;
+  bool createUsers_;
+  int64_t now_;
+  std::mutex mu_;
+  std::unique_ptr<Reader> reader_;                  // used under mu_ only
+  std::unordered_map<std::string, int64_t> byRef_;  // >= 0 slot, < 0 -(error index + 1)
+  std::vector<UserSlot> users_;
+  std::vector<std::string> errors_;
 };
 
-// ---- Field parsing -------------------------------------------------------------------------
+// ---- Field parsing --------------------------------------------------------------------------
+
+// One field's value as the SAX parser saw it.
+struct Value {
+  enum Kind : uint8_t { None, String, Integer, Strings, Other };
+  Kind kind = None;
+  std::string text;                // String
+  int64_t number = 0;              // Integer
+  std::vector<std::string> items;  // Strings: an array of strings
+  std::string_view name;           // the field's name as written (aliases differ)
+  void clear() {
+    kind = None;
+    items.clear();
+  }
+};
+
+enum Field : uint8_t {
+  kUser,
+  kKey,
+  kId,
+  kSecret,
+  kHashed,
+  kName,
+  kLoginType,
+  kScopes,
+  kAllow,
+  kLifetime,
+  kExpiresAt,
+  kCreatedAt,
+  kUpdatedAt,
+  kLastUsed,
+  kFieldCount,
+  kUnknown = kFieldCount,
+};
+
+struct FieldName {
+  std::string_view name;
+  Field field;
+};
+constexpr FieldName kFieldNames[] = {
+    {"user", kUser},
+    {"username", kUser},
+    {"user_id", kUser},
+    {"key", kKey},
+    {"id", kId},
+    {"secret", kSecret},
+    {"hashed_secret", kHashed},
+    {"name", kName},
+    {"token_name", kName},
+    {"login_type", kLoginType},
+    {"scopes", kScopes},
+    {"allow_list", kAllow},
+    {"lifetime", kLifetime},
+    {"lifetime_seconds", kLifetime},
+    {"expires_at", kExpiresAt},
+    {"created_at", kCreatedAt},
+    {"updated_at", kUpdatedAt},
+    {"last_used", kLastUsed},
+};
+
+// Collects the fields of one flat JSON object without building a document: a bulk import parses
+// millions of lines, and the DOM's maps and strings were most of that cost.
+class FieldCollector : public nlohmann::json_sax<Json> {
+ public:
+  std::array<Value, kFieldCount> fields;
+  std::string error;
+
+  void reset() {
+    for (Value& v : fields) v.clear();
+    error.clear();
+    depth_ = 0;
+    current_ = nullptr;
+    inArray_ = false;
+    topIsObject_ = false;
+  }
+  bool topIsObject() const { return topIsObject_; }
+
+  bool null() override { return other(); }
+  bool boolean(bool) override { return other(); }
+  bool number_integer(number_integer_t v) override { return integer(v); }
+  bool number_unsigned(number_unsigned_t v) override {
+    if (v > static_cast<number_unsigned_t>(INT64_MAX)) return other();
+    return integer(static_cast<int64_t>(v));
+  }
+  bool number_float(number_float_t, const string_t&) override { return other(); }
+  bool binary(binary_t&) override { return other(); }
+  bool string(string_t& v) override {
+    if (!current_) return true;
+    if (inArray_) {
+      current_->items.push_back(std::move(v));
+    } else {
+      current_->kind = Value::String;
+      current_->text = std::move(v);
+      current_ = nullptr;
+    }
+    return true;
+  }
+  bool start_object(std::size_t) override {
+    if (depth_ == 0) topIsObject_ = true;
+    if (++depth_ > 1) markOther();
+    return true;
+  }
+  bool end_object() override {
+    if (--depth_ == 1 && current_) current_ = nullptr;
+    return true;
+  }
+  bool key(string_t& k) override {
+    if (depth_ != 1) return true;
+    Field f = kUnknown;
+    for (const FieldName& n : kFieldNames) {
+      if (n.name == k) {
+        f = n.field;
+        break;
+      }
+    }
+    if (f == kUnknown) return fail(fmt::format("unknown field \"{}\"", k));
+    Value& v = fields[f];
+    if (v.kind != Value::None) {
+      if (v.name == k) return fail(fmt::format("field \"{}\" is given twice", k));
+      return fail(fmt::format("give one of \"{}\" and \"{}\"", v.name, k));
+    }
+    for (const FieldName& n : kFieldNames)
+      if (n.name == k) v.name = n.name;
+    current_ = &v;
+    v.kind = Value::Other;  // until a value says otherwise
+    return true;
+  }
+  bool start_array(std::size_t) override {
+    ++depth_;
+    if (depth_ == 2 && current_) {
+      current_->kind = Value::Strings;
+      inArray_ = true;
+      return true;
+    }
+    markOther();
+    return true;
+  }
+  bool end_array() override {
+    if (--depth_ == 1 && inArray_) {
+      inArray_ = false;
+      current_ = nullptr;
+    }
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    // nlohmann's message: "[json.exception.parse_error.101] parse error at line 1, ...".
+    std::string what = e.what();
+    auto at = what.find("] ");
+    error = "not JSON: " + (at == std::string::npos ? what : what.substr(at + 2));
+    return false;
+  }
+
+ private:
+  bool integer(int64_t v) {
+    if (!current_ || inArray_) return other();
+    current_->kind = Value::Integer;
+    current_->number = v;
+    current_ = nullptr;
+    return true;
+  }
+  // A value of a kind no field takes (or nested deeper than a list of strings).
+  bool other() {
+    markOther();
+    return true;
+  }
+  void markOther() {
+    if (current_) {
+      current_->kind = Value::Other;
+      if (!inArray_ || depth_ <= 1) current_ = nullptr;
+    }
+    if (inArray_) {
+      inArray_ = false;
+      current_ = nullptr;
+    }
+  }
+  bool fail(std::string message) {
+    error = std::move(message);
+    return false;
+  }
+  int depth_ = 0;
+  Value* current_ = nullptr;
+  bool inArray_ = false;
+  bool topIsObject_ = false;
+};
+
+Error wrongType(const Value& v, std::string_view want) {
+  return makeError(fmt::format("\"{}\": want {}", v.name, want));
+}
 
 // Unix seconds (a number) or RFC 3339 ("2024-05-01T12:00:00Z", fractions and offsets allowed).
-Result<int64_t> parseTime(const Json& v, std::string_view field) {
-  if (v.is_number_integer()) return v.get<int64_t>();
-  if (!v.is_string()) {
-    return makeError(fmt::format("\"{}\": want Unix seconds or an RFC 3339 time", field));
-  }
-  const std::string& s = v.get_ref<const std::string&>();
+Result<int64_t> parseTime(const Value& v) {
+  if (v.kind == Value::Integer) return v.number;
+  if (v.kind != Value::String) return wrongType(v, "Unix seconds or an RFC 3339 time");
+  const std::string& s = v.text;
   auto bad = [&] {
-    return makeError(fmt::format("\"{}\": \"{}\" is not an RFC 3339 time", field, s));
+    return makeError(fmt::format("\"{}\": \"{}\" is not an RFC 3339 time", v.name, s));
   };
   auto digits = [&](size_t at, size_t n, int& out) {
     if (at + n > s.size()) return false;
@@ -82,9 +397,8 @@ Result<int64_t> parseTime(const Json& v, std::string_view field) {
     }
     return true;
   };
-  tm t{};
   int year, month, day, hour, minute, second;
-  if (!digits(0, 4, year) || s.size() < 20 || s[4] != '-' || !digits(5, 2, month) || s[7] != '-' ||
+  if (s.size() < 20 || !digits(0, 4, year) || s[4] != '-' || !digits(5, 2, month) || s[7] != '-' ||
       !digits(8, 2, day) || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
       !digits(11, 2, hour) || s[13] != ':' || !digits(14, 2, minute) || s[16] != ':' ||
       !digits(17, 2, second)) {
@@ -94,12 +408,11 @@ Result<int64_t> parseTime(const Json& v, std::string_view field) {
     return bad();
   size_t i = 19;
   if (i < s.size() && s[i] == '.') {
-    ++i;
-    size_t start = i;
+    size_t start = ++i;
     while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
     if (i == start) return bad();
   }
-  int offset = 0;
+  int64_t offset = 0;
   if (i < s.size() && (s[i] == 'Z' || s[i] == 'z')) {
     ++i;
   } else if (i < s.size() && (s[i] == '+' || s[i] == '-')) {
@@ -112,6 +425,7 @@ Result<int64_t> parseTime(const Json& v, std::string_view field) {
     return bad();
   }
   if (i != s.size()) return bad();
+  tm t{};
   t.tm_year = year - 1900;
   t.tm_mon = month - 1;
   t.tm_mday = day;
@@ -121,26 +435,16 @@ Result<int64_t> parseTime(const Json& v, std::string_view field) {
   return static_cast<int64_t>(timegm(&t)) - offset;
 }
 
-// Seconds (a number) or a duration ("720h", "30d").
-Result<int64_t> parseLifetime(const Json& v) {
-  if (v.is_number_integer()) return v.get<int64_t>();
-  if (v.is_string()) return parseDuration(v.get_ref<const std::string&>());
-  return makeError("\"lifetime\": want seconds or a duration such as \"30d\"");
-}
-
 // An array of strings, or one string (which may hold a comma-separated list).
-Result<std::vector<std::string>> parseList(const Json& v, std::string_view field) {
-  std::vector<std::string> out;
-  if (v.is_string()) {
-    out.push_back(v.get<std::string>());
-    return out;
+Result<void> parseList(Value& v, std::vector<std::string>& out) {
+  out.clear();
+  if (v.kind == Value::String) {
+    out.push_back(std::move(v.text));
+    return {};
   }
-  if (!v.is_array()) return makeError(fmt::format("\"{}\": want an array of strings", field));
-  for (const Json& item : v) {
-    if (!item.is_string()) return makeError(fmt::format("\"{}\": want an array of strings", field));
-    out.push_back(item.get<std::string>());
-  }
-  return out;
+  if (v.kind != Value::Strings) return wrongType(v, "an array of strings");
+  out.swap(v.items);
+  return {};
 }
 
 Result<Digest> parseHexDigest(std::string_view hex) {
@@ -148,13 +452,13 @@ Result<Digest> parseHexDigest(std::string_view hex) {
   if (hex.size() != 64) {
     return makeError("\"hashed_secret\": want the 64 hex digits of the secret's SHA-256");
   }
-  Digest d;
   auto nibble = [](char c) -> int {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
   };
+  Digest d;
   for (size_t i = 0; i < d.size(); ++i) {
     int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
     if (hi < 0 || lo < 0) return makeError("\"hashed_secret\": not hexadecimal");
@@ -163,16 +467,57 @@ Result<Digest> parseHexDigest(std::string_view hex) {
   return d;
 }
 
+// Mints tokens as verifier::mintToken does (characters drawn without bias from 0-9A-Za-z by
+// rejection sampling of CSPRNG bytes), from a pool filled 4 KiB at a time: one RAND_bytes call
+// per token pair costs more than the rest of an import line.
+class Minter {
+ public:
+  // "<id>-<secret>", valid until the next call.
+  std::string_view mint() {
+    for (size_t i = 0; i < kTokenLength; ++i) {
+      key_[i] = i == kTokenIdLength ? '-' : next();
+    }
+    return {key_, kTokenLength};
+  }
+
+ private:
+  static constexpr char kAlphabet[] =
+      "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  static constexpr unsigned kRejectFrom = 256 - 256 % 62;
+  char next() {
+    for (;;) {
+      if (pos_ == sizeof pool_) {
+        if (RAND_bytes(pool_, sizeof pool_) != 1) std::abort();
+        pos_ = 0;
+      }
+      unsigned b = pool_[pos_++];
+      if (b < kRejectFrom) return kAlphabet[b % 62];
+    }
+  }
+  unsigned char pool_[4096];
+  size_t pos_ = sizeof pool_;
+  char key_[kTokenLength];
+};
+
+bool hasControl(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return u < 0x20 || u == 0x7f;
+  });
+}
+
 // Normalises scope and allow lists, remembering the answers: a bulk import repeats a few lists
 // millions of times.
 class ListMemo {
  public:
-  Result<std::vector<std::string>> scopes(const std::vector<std::string>& raw) {
+  using List = std::shared_ptr<const std::vector<std::string>>;
+
+  Result<List> scopes(const std::vector<std::string>& raw) {
     return lookup(scopes_, raw, [](const std::vector<std::string>& r) {
       return normalizeScopes(splitList(r), false);
     });
   }
-  Result<std::vector<std::string>> allowList(const std::vector<std::string>& raw) {
+  Result<List> allowList(const std::vector<std::string>& raw) {
     return lookup(allow_, raw,
                   [](const std::vector<std::string>& r) -> Result<std::vector<std::string>> {
                     auto a = normalizeAllowList(r);
@@ -182,115 +527,116 @@ class ListMemo {
   }
 
  private:
-  using Memo = std::unordered_map<std::string, Result<std::vector<std::string>>>;
+  using Memo = std::unordered_map<std::string, Result<List>>;
   template <class Fn>
-  Result<std::vector<std::string>> lookup(Memo& memo, const std::vector<std::string>& raw,
-                                          Fn&& normalize) {
+  Result<List> lookup(Memo& memo, const std::vector<std::string>& raw, Fn&& normalize) {
     key_.clear();
     for (const std::string& s : raw) key_.append(s).push_back('\x1f');
     if (auto it = memo.find(key_); it != memo.end()) return it->second;
     if (memo.size() >= kMaxMemo) memo.clear();
-    return memo.emplace(key_, normalize(raw)).first->second;
+    auto n = normalize(raw);
+    Result<List> r =
+        n ? Result<List>(std::make_shared<const std::vector<std::string>>(std::move(*n)))
+          : Result<List>(n.error());
+    return memo.emplace(key_, std::move(r)).first->second;
   }
   Memo scopes_, allow_;
   std::string key_;
 };
 
-// Everything about a line that needs no database: the JSON, the key or hash, the lists.
+// What a parsing thread makes: its tokens (sorted by id once it is done), the bytes they point
+// into, and its bad lines.
+struct ParseOutput {
+  Arena arena;
+  std::vector<Entry> entries;
+  std::vector<LineError> errors;
+  uint64_t badLines = 0;
+};
+
+// Everything about a line: the JSON, the key or hash, the lists, the user, the lifetime; then
+// the encoded record.
 class LineParser {
  public:
-  explicit LineParser(int64_t now) : now_(now) {}
+  LineParser(UserDirectory& users, const LifetimeConfig& config, int64_t now, ParseOutput& out)
+      : users_(users), config_(config), now_(now), out_(out) {}
 
-  void parse(std::string_view text, Prepared& p) {
-    Json j;
-    try {
-      j = Json::parse(text);
-    } catch (const Json::parse_error& e) {
-      // nlohmann's message: "[json.exception.parse_error.101] parse error at line 1, ...".
-      std::string what = e.what();
-      auto at = what.find("] ");
-      p.error = "not JSON: " + (at == std::string::npos ? what : what.substr(at + 2));
-      return;
+  void parse(std::string_view text, uint64_t line) {
+    if (auto r = parseLine(text, line); !r) {
+      ++out_.badLines;
+      if (out_.errors.size() < kMaxReportedErrors) out_.errors.push_back({line, r.error().message});
     }
-    if (!j.is_object()) {
-      p.error = "want a JSON object";
-      return;
-    }
-    if (auto r = fill(j, p); !r) p.error = r.error().message;
   }
 
  private:
-  Result<void> fill(const Json& j, Prepared& p) {
-    TokenRecord& t = p.record;
-    const Json *key = nullptr, *id = nullptr, *secret = nullptr, *hashed = nullptr;
-    const Json *scopes = nullptr, *allow = nullptr;
-    for (const auto& [name, v] : j.items()) {
-      auto str = [&, &name = name, &v = v](std::string& out) -> Result<void> {
-        if (!v.is_string()) return makeError(fmt::format("\"{}\": want a string", name));
-        out = v.get<std::string>();
-        return {};
-      };
-      if (name == "user" || name == "username" || name == "user_id") {
-        if (!p.userRef.empty()) return makeError("give one of \"user\", \"username\", \"user_id\"");
-        if (auto r = str(p.userRef); !r) return r;
-        if (p.userRef.empty()) return makeError(fmt::format("\"{}\" is empty", name));
-      } else if (name == "key") {
-        key = &v;
-      } else if (name == "id") {
-        id = &v;
-      } else if (name == "secret") {
-        secret = &v;
-      } else if (name == "hashed_secret") {
-        hashed = &v;
-      } else if (name == "name" || name == "token_name") {
-        if (p.nameGiven) return makeError("give one of \"name\", \"token_name\"");
-        if (auto r = str(t.name); !r) return r;
-        p.nameGiven = true;
-      } else if (name == "login_type") {
-        std::string kind;
-        if (auto r = str(kind); !r) return r;
-        auto k = parseLoginType(kind);
-        if (!k) {
-          return makeError(
-              fmt::format("\"login_type\": \"{}\" is not token, password, oidc or github", kind));
-        }
-        t.loginType = *k;
-      } else if (name == "scopes") {
-        scopes = &v;
-      } else if (name == "allow_list") {
-        allow = &v;
-      } else if (name == "lifetime" || name == "lifetime_seconds") {
-        if (p.lifetime) return makeError("give one of \"lifetime\", \"lifetime_seconds\"");
-        auto l = parseLifetime(v);
-        if (!l) return l.error();
-        p.lifetime = *l;
-      } else if (name == "expires_at") {
-        auto e = parseTime(v, name);
-        if (!e) return e.error();
-        p.expiresAt = *e;
-      } else if (name == "created_at") {
-        auto c = parseTime(v, name);
-        if (!c) return c.error();
-        t.createdAt = *c;
-        p.createdGiven = true;
-      } else if (name == "updated_at") {
-        auto u = parseTime(v, name);
-        if (!u) return u.error();
-        t.updatedAt = *u;
-        p.updatedGiven = true;
-      } else if (name == "last_used") {
-        auto u = parseTime(v, name);
-        if (!u) return u.error();
-        t.lastUsed = *u;
+  Result<void> parseLine(std::string_view text, uint64_t line) {
+    FieldCollector& c = collector_;
+    c.reset();
+    if (!Json::sax_parse(text.begin(), text.end(), &c)) return makeError(c.error);
+    if (!c.topIsObject()) return makeError("want a JSON object");
+    auto& f = c.fields;
+    auto given = [&](Field k) { return f[k].kind != Value::None; };
+    auto string = [&](Field k) -> Result<const std::string*> {
+      if (!given(k)) return static_cast<const std::string*>(nullptr);
+      if (f[k].kind != Value::String) return wrongType(f[k], "a string");
+      return &f[k].text;
+    };
+    auto time = [&](Field k, int64_t& out) -> Result<void> {
+      if (!given(k)) return {};
+      auto at = parseTime(f[k]);
+      if (!at) return at.error();
+      out = *at;
+      return {};
+    };
+
+    TokenRecord& t = record_;
+    t.loginType = LoginType::Token;
+    t.createdAt = now_;
+    t.lastUsed = 0;
+    auto userText = string(kUser);
+    if (!userText) return userText.error();
+    if (!*userText || (*userText)->empty()) {
+      return makeError("\"user\" is missing (a username or uuid)");
+    }
+    userRef_ = **userText;
+    auto nameText = string(kName);
+    if (!nameText) return nameText.error();
+    const bool nameGiven = *nameText != nullptr;
+    t.name = nameGiven ? **nameText : std::string();
+    auto kind = string(kLoginType);
+    if (!kind) return kind.error();
+    if (*kind) {
+      auto k = parseLoginType(**kind);
+      if (!k) {
+        return makeError(
+            fmt::format("\"login_type\": \"{}\" is not token, password, oidc or github", **kind));
+      }
+      t.loginType = *k;
+    }
+    std::optional<int64_t> lifetime, expiresAt;
+    if (given(kLifetime)) {
+      const Value& v = f[kLifetime];
+      if (v.kind == Value::Integer) {
+        lifetime = v.number;
+      } else if (v.kind == Value::String) {
+        auto d = parseDuration(v.text);
+        if (!d) return makeError(fmt::format("\"{}\": {}", v.name, d.error().message));
+        lifetime = *d;
       } else {
-        return makeError(fmt::format("unknown field \"{}\"", name));
+        return wrongType(v, "seconds or a duration such as \"30d\"");
       }
     }
-    if (p.userRef.empty()) return makeError("\"user\" is missing (a username or uuid)");
-    if (!p.createdGiven) t.createdAt = now_;
-    if (!p.updatedGiven) t.updatedAt = now_;
+    if (given(kExpiresAt)) {
+      expiresAt = 0;
+      if (auto r = time(kExpiresAt, *expiresAt); !r) return r;
+    }
+    if (auto r = time(kCreatedAt, t.createdAt); !r) return r;
+    if (auto r = time(kLastUsed, t.lastUsed); !r) return r;
+    t.updatedAt = std::max(t.createdAt, now_);
+    if (auto r = time(kUpdatedAt, t.updatedAt); !r) return r;
 
     // Where the secret comes from: exactly one of key, id+secret, id+hashed_secret, or nothing.
+    std::string_view minted;
+    const bool key = given(kKey), id = given(kId), secret = given(kSecret), hashed = given(kHashed);
     if (key && (id || secret || hashed)) {
       return makeError("give \"key\" alone, or \"id\" with \"secret\" or \"hashed_secret\"");
     }
@@ -300,329 +646,223 @@ class LineParser {
     }
     if (secret && hashed) return makeError("give \"secret\" or \"hashed_secret\", not both");
     if (key) {
-      if (!key->is_string()) return makeError("\"key\": want a string");
-      auto parsed = parseToken(key->get_ref<const std::string&>());
+      auto parsed = f[kKey].kind == Value::String ? parseToken(f[kKey].text) : std::nullopt;
       if (!parsed) return makeError("\"key\": not a token <10 of 0-9A-Za-z>-<22 of 0-9A-Za-z>");
       t.id = parsed->id;
       t.secretHash = sha_.digest(parsed->secret);
     } else if (id) {
-      if (!id->is_string() || !isTokenId(id->get_ref<const std::string&>()))
+      if (f[kId].kind != Value::String || !isTokenId(f[kId].text))
         return makeError("\"id\": want 10 characters of 0-9A-Za-z");
-      t.id = id->get<std::string>();
+      t.id = f[kId].text;
       if (secret) {
-        const std::string* s =
-            secret->is_string() ? &secret->get_ref<const std::string&>() : nullptr;
-        if (!s || !parseToken(t.id + "-" + *s))
+        const Value& v = f[kSecret];
+        if (v.kind != Value::String || v.text.size() != kSecretLength ||
+            !parseToken(t.id + "-" + v.text)) {
           return makeError("\"secret\": want 22 characters of 0-9A-Za-z");
-        t.secretHash = sha_.digest(*s);
+        }
+        t.secretHash = sha_.digest(v.text);
       } else {
-        if (!hashed->is_string()) return makeError("\"hashed_secret\": want a hex string");
-        auto d = parseHexDigest(hashed->get_ref<const std::string&>());
+        if (f[kHashed].kind != Value::String) return wrongType(f[kHashed], "a hex string");
+        auto d = parseHexDigest(f[kHashed].text);
         if (!d) return d.error();
         t.secretHash = *d;
       }
     } else {
-      NewToken nt = mintToken();
-      t.id = nt.id;
-      t.secretHash = sha_.digest(nt.secret);
-      p.key = nt.text();
+      minted = minter_.mint();
+      t.id = minted.substr(0, kTokenIdLength);
+      t.secretHash = sha_.digest(minted.substr(kTokenIdLength + 1));
     }
 
     const bool session = t.loginType != LoginType::Token;
-    if (session && p.nameGiven)
-      return makeError("a session token (login_type != token) has no name");
-    if (p.nameGiven && t.name.empty()) return makeError("\"name\" is empty");
-    if (t.name.size() > 64) return makeError("\"name\" is longer than 64 characters");
-    std::vector<std::string> raw;
-    if (scopes) {
-      auto l = parseList(*scopes, "scopes");
-      if (!l) return l.error();
-      raw = std::move(*l);
+    if (session && nameGiven) return makeError("a session token (login_type != token) has no name");
+    if (nameGiven && t.name.empty()) return makeError("\"name\" is empty");
+    if (t.name.size() > kMaxNameBytes) {
+      return makeError(fmt::format("\"name\" is longer than {} bytes", kMaxNameBytes));
     }
-    auto s = memo_.scopes(raw);
+    if (hasControl(t.name)) return makeError("\"name\" holds control characters");
+    if (!session && !nameGiven) t.name.assign("import-").append(t.id);
+
+    raw_.clear();
+    if (given(kScopes)) {
+      if (auto r = parseList(f[kScopes], raw_); !r) return r;
+    }
+    auto s = memo_.scopes(raw_);
     if (!s) return s.error();
-    t.scopes = *s;
-    raw.clear();
-    if (allow) {
-      auto l = parseList(*allow, "allow_list");
-      if (!l) return l.error();
-      raw = std::move(*l);
+    raw_.clear();
+    if (given(kAllow)) {
+      if (auto r = parseList(f[kAllow], raw_); !r) return r;
     }
-    auto a = memo_.allowList(raw);
+    auto a = memo_.allowList(raw_);
     if (!a) return a.error();
-    t.allowList = *a;
-    if (p.lifetime && *p.lifetime <= 0) return makeError("lifetime must be positive");
+    if (lifetime && *lifetime <= 0) return makeError("lifetime must be positive");
+
+    auto user = users_.resolve(userRef_);
+    if (!user) return user.error();
+    t.userId = user->id;
+    if (expiresAt) {
+      // A migration keeps its expiries as they were, whatever today's caps.
+      t.expiresAt = *expiresAt;
+      t.lifetimeSeconds = lifetime ? *lifetime : std::max<int64_t>(1, *expiresAt - t.createdAt);
+    } else {
+      int64_t l = 0;
+      if (session) {
+        l = lifetime ? *lifetime : config_.sessionDuration;
+      } else {
+        auto capped = apiTokenLifetime(lifetime, user->owner, config_);
+        if (!capped) return capped.error();
+        l = *capped;
+      }
+      t.lifetimeSeconds = l;
+      t.expiresAt = t.createdAt + l;
+    }
+
+    // The record goes through the shared encoder; the lists are swapped in rather than copied.
+    std::swap(t.scopes, scopesBuf_);
+    std::swap(t.allowList, allowBuf_);
+    t.scopes.assign((*s)->begin(), (*s)->end());
+    t.allowList.assign((*a)->begin(), (*a)->end());
+    std::string encoded = encodeToken(t);
+    const std::string_view name = session ? std::string_view() : std::string_view(t.name);
+    char* data = out_.arena.alloc(encoded.size() + name.size() + minted.size());
+    std::memcpy(data, encoded.data(), encoded.size());
+    std::memcpy(data + encoded.size(), name.data(), name.size());
+    std::memcpy(data + encoded.size() + name.size(), minted.data(), minted.size());
+    Entry& e = out_.entries.emplace_back();
+    std::memcpy(e.id, t.id.data(), kTokenIdLength);
+    e.minted = minted.empty() ? 0 : 1;
+    e.user = user->index;
+    e.line = line;
+    e.data = data;
+    e.recordLen = static_cast<uint32_t>(encoded.size());
+    e.nameLen = static_cast<uint16_t>(name.size());
     return {};
   }
 
+  UserDirectory& users_;
+  const LifetimeConfig& config_;
   int64_t now_;
+  ParseOutput& out_;
   Sha256 sha_;
+  Minter minter_;
+  FieldCollector collector_;
   ListMemo memo_;
+  TokenRecord record_;
+  std::string userRef_;
+  std::vector<std::string> raw_, scopesBuf_, allowBuf_;
 };
 
-// ---- The reading thread --------------------------------------------------------------------
+// ---- Reading: blocks of whole lines to the parsing threads -----------------------------------
 
-// Batches handed from the reading thread to the writing one; at most `kAhead` wait, so memory
-// stays at a few batches whatever the input's size.
-class BatchQueue {
+struct Block {
+  uint64_t firstLine = 0;
+  std::string bytes;  // whole lines
+};
+
+class BlockQueue {
  public:
-  static constexpr size_t kAhead = 2;
-
-  // Blocks while kAhead batches wait. False when the consumer gave up.
-  bool push(Batch b) {
+  explicit BlockQueue(size_t capacity) : capacity_(capacity) {}
+  void push(Block b) {
     std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return q_.size() < kAhead || stopped_; });
-    if (stopped_) return false;
+    cv_.wait(lock, [&] { return q_.size() < capacity_; });
     q_.push_back(std::move(b));
     cv_.notify_all();
-    return true;
   }
-  void finish(std::optional<std::string> error) {
+  void close() {
     std::lock_guard lock(mu_);
-    done_ = true;
-    readError_ = std::move(error);
+    closed_ = true;
     cv_.notify_all();
   }
-  // The next batch; nullopt at the end of the input.
-  std::optional<Batch> pop() {
+  std::optional<Block> pop() {
     std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return !q_.empty() || done_; });
+    cv_.wait(lock, [&] { return !q_.empty() || closed_; });
     if (q_.empty()) return std::nullopt;
-    Batch b = std::move(q_.front());
+    Block b = std::move(q_.front());
     q_.pop_front();
     cv_.notify_all();
     return b;
-  }
-  void stop() {
-    std::lock_guard lock(mu_);
-    stopped_ = true;
-    cv_.notify_all();
-  }
-  std::optional<std::string> readError() {
-    std::lock_guard lock(mu_);
-    return readError_;
   }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Batch> q_;
-  bool done_ = false;
-  bool stopped_ = false;
-  std::optional<std::string> readError_;
+  std::deque<Block> q_;
+  size_t capacity_;
+  bool closed_ = false;
 };
 
-void readBatches(FILE* in, const ImportOptions& o, int64_t now, BatchQueue& q) {
-  LineParser parser(now);
-  char* buf = nullptr;
-  size_t cap = 0;
-  ScopeExit freeBuf([&] { std::free(buf); });
-  uint64_t lineNo = 0;
-  Batch batch;
-  batch.items.reserve(o.batch);
-  for (;;) {
-    errno = 0;
-    ssize_t n = ::getline(&buf, &cap, in);
-    if (n < 0) {
-      if (errno != 0 && !std::feof(in)) {
-        q.finish(fmt::format("Failed to read line {}: {}", lineNo + 1, std::strerror(errno)));
-        return;
-      }
-      break;
-    }
-    ++lineNo;
-    if (lineNo < o.fromLine) continue;
-    std::string_view text(buf, static_cast<size_t>(n));
-    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
-    if (text.find_first_not_of(" \t") == std::string_view::npos) continue;
-    if (batch.items.empty()) batch.firstLine = lineNo;
-    batch.lastLine = lineNo;
-    Prepared& p = batch.items.emplace_back();
-    p.line = lineNo;
-    parser.parse(text, p);
-    if (batch.items.size() == o.batch) {
-      if (!q.push(std::move(batch))) return;
-      batch = Batch{};
-      batch.items.reserve(o.batch);
-    }
+void parseBlock(const Block& b, LineParser& parser) {
+  std::string_view rest = b.bytes;
+  uint64_t line = b.firstLine;
+  while (!rest.empty()) {
+    size_t nl = rest.find('\n');
+    std::string_view text = rest.substr(0, nl);
+    rest.remove_prefix(nl == std::string_view::npos ? rest.size() : nl + 1);
+    if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
+    if (text.find_first_not_of(" \t") != std::string_view::npos) parser.parse(text, line);
+    ++line;
   }
-  if (!batch.items.empty() && !q.push(std::move(batch))) return;
-  q.finish(std::nullopt);
 }
 
-// ---- The writing side ----------------------------------------------------------------------
-
-struct UserInfo {
-  Uuid id;
-  bool owner = false;
-};
-
-struct LineError {
-  uint64_t line;
-  std::string message;
-};
-
-class Importer {
- public:
-  Importer(KeyDb& db, const LifetimeConfig& config, const ImportOptions& o)
-      : db_(db), config_(config), o_(o) {}
-
-  // Writes one batch in one transaction. False when it was refused (errors_ says why) or the
-  // database failed (dbError_).
-  bool write(Batch& b, int64_t now) {
-    order_.resize(b.items.size());
-    for (size_t i = 0; i < order_.size(); ++i) order_[i] = i;
-    for (const Prepared& p : b.items) {
-      if (!p.error.empty()) note(p.line, p.error);
-    }
-    if (!errors_.empty()) return false;
-    // Id order: each B-tree page the batch touches is visited once, in order.
-    std::sort(order_.begin(), order_.end(),
-              [&](size_t x, size_t y) { return b.items[x].record.id < b.items[y].record.id; });
-    for (size_t i = 1; i < order_.size(); ++i) {
-      const Prepared& x = b.items[order_[i - 1]];
-      const Prepared& y = b.items[order_[i]];
-      if (x.record.id == y.record.id) {
-        const Prepared& later = x.line > y.line ? x : y;
-        note(later.line, fmt::format("token id \"{}\" is also on line {}", later.record.id,
-                                     std::min(x.line, y.line)));
+// Reads `in` into blocks of whole lines. Returns the number of lines, or an error.
+Result<uint64_t> readBlocks(FILE* in, BlockQueue& q) {
+  std::string carry;
+  uint64_t line = 1;
+  for (;;) {
+    std::string buf = std::move(carry);
+    carry.clear();
+    size_t have = buf.size();
+    buf.resize(std::max(have + kBlockBytes, kBlockBytes));
+    size_t n = std::fread(buf.data() + have, 1, buf.size() - have, in);
+    buf.resize(have + n);
+    if (n == 0) {
+      if (std::ferror(in)) {
+        return makeError(fmt::format("Failed to read line {}: {}", line, std::strerror(errno)));
       }
+      if (buf.empty()) return line - 1;
+      q.push(Block{line, std::move(buf)});  // a last line without '\n'
+      return line;
     }
-    if (!errors_.empty()) return false;
-
-    size_t created = 0;
-    auto r = db_.update([&](Writer& w) -> Result<void> {
-      errors_.clear();
-      created = 0;
-      std::unordered_map<std::string, UserInfo> users;
-      std::unordered_set<std::string> names;  // user uuid + name, within this batch
-      for (size_t i : order_) {
-        Prepared& p = b.items[i];
-        TokenRecord& t = p.record;
-        auto u = users.find(p.userRef);
-        if (u == users.end()) {
-          auto resolved = resolveUser(w, p.userRef, now, created);
-          if (!resolved) {
-            if (resolved.error().code != -ENOENT) return resolved.error();
-            note(p.line, resolved.error().message);
-            continue;
-          }
-          u = users.emplace(p.userRef, *resolved).first;
-        }
-        t.userId = u->second.id;
-        if (auto e = settle(p, u->second.owner); !e) {
-          note(p.line, e.error().message);
-          continue;
-        }
-        if (t.loginType == LoginType::Token) {
-          std::string key(reinterpret_cast<const char*>(t.userId.bytes.data()), 16);
-          key += t.name;
-          if (!names.insert(std::move(key)).second) {
-            note(p.line, fmt::format("A token with name \"{}\" already exists.", t.name));
-            continue;
-          }
-        }
-        auto existing = w.tokenBytes(t.id);
-        if (!existing) return existing.error();
-        if (*existing) {
-          note(p.line, fmt::format("token id \"{}\" already exists", t.id));
-          continue;
-        }
-        if (!errors_.empty()) continue;  // refused anyway: only look for more bad lines
-        if (auto put = w.putToken(t); !put) {
-          if (put.error().code != -EEXIST) return put.error();
-          note(p.line, put.error().message);
-        }
-        if (errors_.size() >= kMaxReportedErrors) break;
+    size_t lastNl = buf.rfind('\n');
+    if (lastNl == std::string::npos) {
+      if (buf.size() > kMaxLineBytes) {
+        return makeError(fmt::format("line {} is longer than {} bytes", line, kMaxLineBytes));
       }
-      if (!errors_.empty()) return makeError("refused", -EINVAL);
-      if (o_.dryRun) return makeError("dry run", kCancelled);
-      return {};
-    });
-    if (!r && r.error().code == kCancelled) {
-      usersCreated_ += created;
-      return true;
+      carry = std::move(buf);
+      continue;
     }
-    if (!r && errors_.empty()) dbError_ = r.error().message;
-    if (!r) return false;
-    usersCreated_ += created;
-    return true;
+    carry.assign(buf, lastNl + 1);
+    buf.resize(lastNl + 1);
+    uint64_t lines = static_cast<uint64_t>(std::count(buf.begin(), buf.end(), '\n'));
+    q.push(Block{line, std::move(buf)});
+    line += lines;
   }
+}
 
-  const std::vector<LineError>& errors() const { return errors_; }
-  const std::string& dbError() const { return dbError_; }
-  size_t usersCreated() const { return usersCreated_; }
-
- private:
-  void note(uint64_t line, std::string message) {
-    if (errors_.size() < kMaxReportedErrors) errors_.push_back({line, std::move(message)});
-  }
-
-  Result<UserInfo> resolveUser(Writer& w, const std::string& ref, int64_t now, size_t& created) {
-    std::optional<UserRecord> found;
-    if (auto id = Uuid::parse(ref)) {
-      auto u = w.user(*id);
-      if (!u) return u.error();
-      found = std::move(*u);
-    }
-    if (!found) {
-      auto u = w.userByName(ref);
-      if (!u) return u.error();
-      found = std::move(*u);
-    }
-    if (found) return UserInfo{found->id, hasOwnerRole(found->roles)};
-    if (!o_.createUsers || Uuid::parse(ref)) {
-      return makeError(
-          fmt::format("user \"{}\" not found (create it first, or pass --create-users)", ref),
-          -ENOENT);
-    }
-    if (!isValidUsername(ref)) {
-      return makeError(
-          fmt::format("invalid username \"{}\": want 1 to 32 of a-z, 0-9, '-' and '_'", ref),
-          -ENOENT);
-    }
-    UserRecord u{Uuid::random(), ref, {}, UserStatus::Active, now, now};
-    if (auto r = w.putUser(u); !r) return r.error();
-    ++created;
-    return UserInfo{u.id, false};
-  }
-
-  // What needs the user: the default name, the lifetime (capped for API tokens unless the input
-  // carries its own expiry) and the expiry.
-  Result<void> settle(Prepared& p, bool owner) {
-    TokenRecord& t = p.record;
-    const bool session = t.loginType != LoginType::Token;
-    if (!session && !p.nameGiven) t.name = "import-" + t.id;
-    if (p.expiresAt) {
-      t.expiresAt = *p.expiresAt;
-      t.lifetimeSeconds =
-          p.lifetime ? *p.lifetime : std::max<int64_t>(1, *p.expiresAt - t.createdAt);
-      return {};
-    }
-    int64_t lifetime = 0;
-    if (session) {
-      lifetime = p.lifetime ? *p.lifetime : config_.sessionDuration;
-    } else {
-      auto l = apiTokenLifetime(p.lifetime, owner, config_);
-      if (!l) return l.error();
-      lifetime = *l;
-    }
-    t.lifetimeSeconds = lifetime;
-    t.expiresAt = t.createdAt + lifetime;
-    return {};
-  }
-
-  KeyDb& db_;
-  LifetimeConfig config_;
-  const ImportOptions& o_;
-  std::vector<size_t> order_;
-  std::vector<LineError> errors_;
-  std::string dbError_;
-  size_t usersCreated_ = 0;
-};
-
-std::string rate(double count, double seconds) {
+std::string perSecond(double count, double seconds) {
   return seconds > 0 ? fmt::format("{:.0f}", count / seconds) : "-";
+}
+
+double since(int64_t startNs) {
+  return static_cast<double>(monotonicNanos() - startNs) / 1e9;
+}
+
+// CPU seconds this process has used, every thread: on a shared machine the import's own cost.
+double cpuSeconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return s(u.ru_utime) + s(u.ru_stime);
+}
+
+// Prints the first bad lines (in line order) and how many there were.
+int refuse(std::vector<LineError>& errors, uint64_t bad, const char* what) {
+  std::sort(errors.begin(), errors.end());
+  for (size_t i = 0; i < errors.size() && i < kMaxReportedErrors; ++i) {
+    fmt::print(stderr, "tokenctl: line {}: {}\n", errors[i].line, errors[i].message);
+  }
+  fmt::print(stderr, "tokenctl: refused the import: {} bad line{}{}; nothing was written\n", bad,
+             bad == 1 ? "" : "s", what);
+  return kExitFailed;
 }
 
 }  // namespace
@@ -631,7 +871,7 @@ void addImportCommand(CLI::App& app, ImportCommand& cmd) {
   ImportOptions& o = cmd.options;
   cmd.command = app.add_subcommand(
       "import",
-      "Bulk-load tokens from JSON lines (operator mode only), in one write transaction per batch.\n"
+      "Bulk-load tokens from JSON lines (operator mode only).\n"
       "One JSON object a line, in the shape `tokens list -o json` prints:\n"
       "  user (or username, user_id)   username or uuid (required)\n"
       "  key                           the token \"<id>-<secret>\"; or id with secret, or id with\n"
@@ -644,22 +884,27 @@ void addImportCommand(CLI::App& app, ImportCommand& cmd) {
       "  lifetime (or lifetime_seconds) seconds or \"30d\"; default and cap as tokens create\n"
       "  expires_at, created_at, last_used, updated_at  Unix seconds or RFC 3339; an explicit\n"
       "                                expires_at is kept as given (no cap: migrations)\n"
-      "A batch with a bad line is refused whole (nothing of it is written) and every bad line of\n"
-      "it is named; earlier batches stay written and the message says how to resume.\n"
-      "Example: "
-      "{\"user\":\"alice\",\"name\":\"ci\",\"scopes\":[\"workspace:read\"],\"lifetime\":\"30d\"}");
+      "The whole input is checked first (also against the database): any bad line refuses the\n"
+      "import before anything is written, and the bad lines are named. Then the tokens are\n"
+      "written in id order, --batch per transaction; a batch that fails is rolled back whole and\n"
+      "the message says how to finish. Needs about 400 bytes of memory per token.\n"
+      "Example line: {\"user\":\"alice\",\"name\":\"ci\",\"scopes\":[\"workspace:read\"],"
+      "\"lifetime\":\"30d\"}");
   cmd.command->add_option("file", o.input, "JSON lines to read; - for stdin (default)");
-  cmd.command->add_option("--batch", o.batch, "Lines per write transaction (default 50000)")
+  cmd.command->add_option("--batch", o.batch, "Tokens per write transaction (default 50000)")
       ->check(CLI::Range(size_t{1}, size_t{10'000'000}));
   cmd.command->add_option("--keys-out", o.keysOut,
                           "Write minted keys to this file (mode 0600) instead of stdout");
   cmd.command->add_flag("--create-users", o.createUsers,
-                        "Create users named by a line that do not exist (member role)");
-  cmd.command->add_option("--from-line", o.fromLine, "Skip the lines before this one (resume)")
-      ->check(CLI::Range(uint64_t{1}, UINT64_MAX));
+                        "Create the users named by username that do not exist (member role)");
+  cmd.command->add_flag("--skip-existing", o.skipExisting,
+                        "Skip tokens already stored with the same id, user and secret (to finish "
+                        "an import that stopped part way)");
   cmd.command->add_flag("--dry-run", o.dryRun,
-                        "Check every line against the database; write nothing");
-  cmd.command->add_flag("-q,--quiet", o.quiet, "No progress lines on stderr");
+                        "Check every line, also against the database; write nothing");
+  cmd.command->add_option("--threads", o.threads, "Parsing threads (default: one per core)")
+      ->check(CLI::Range(1u, 64u));
+  cmd.command->add_flag("-q,--quiet", o.quiet, "No summary on stderr");
 }
 
 int runImport(const std::string& dbDir, const ImportOptions& o) {
@@ -678,81 +923,234 @@ int runImport(const std::string& dbDir, const ImportOptions& o) {
   ScopeExit closeIn([&] {
     if (in != stdin) std::fclose(in);
   });
-  static char inBuf[1 << 20];
-  std::setvbuf(in, inBuf, _IOFBF, sizeof inBuf);
-
-  FILE* keys = stdout;
-  if (!o.keysOut.empty()) {
-    int fd = ::open(o.keysOut.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0 || !(keys = ::fdopen(fd, "w"))) {
-      if (fd >= 0) ::close(fd);
-      return fail(fmt::format("Failed to open {}: {}", o.keysOut, std::strerror(errno)));
-    }
-  }
-  ScopeExit closeKeys([&] {
-    if (keys != stdout) std::fclose(keys);
-  });
 
   auto db = KeyDb::open(dbDir);
   if (!db) return fail(db.error().message);
 
+  // 1. Read and parse, on every core.
   const int64_t now = clockNow();
   const int64_t start = monotonicNanos();
-  BatchQueue queue;
-  std::thread reader([&] { readBatches(in, o, now, queue); });
-  ScopeExit joinReader([&] {
-    queue.stop();
-    reader.join();
-  });
+  unsigned threads = o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency());
+  UserDirectory users(**db, o.createUsers, now);
+  std::vector<ParseOutput> outputs(threads);
+  BlockQueue queue(2 * threads);
+  std::vector<std::thread> parsers;
+  for (unsigned i = 0; i < threads; ++i) {
+    parsers.emplace_back([&, i] {
+      LineParser parser(users, *config, now, outputs[i]);
+      while (auto b = queue.pop()) parseBlock(*b, parser);
+      std::sort(outputs[i].entries.begin(), outputs[i].entries.end(), entryLess);
+    });
+  }
+  auto lines = readBlocks(in, queue);
+  queue.close();
+  for (auto& t : parsers) t.join();
+  if (!lines) return fail(lines.error().message);
 
-  Importer importer(**db, *config, o);
-  uint64_t imported = 0, minted = 0, firstLine = 0, lastDone = 0;
-  size_t batches = 0;
-  while (auto batch = queue.pop()) {
-    if (firstLine == 0) firstLine = batch->firstLine;
-    if (!importer.write(*batch, now)) {
-      std::string done = imported == 0 ? "nothing was imported before it"
-                                       : fmt::format("lines {}-{} ({} tokens) were imported",
-                                                     firstLine, lastDone, imported);
-      if (!importer.dbError().empty()) {
-        fmt::print(stderr, "tokenctl: {}\n", importer.dbError());
-      }
-      for (const LineError& e : importer.errors()) {
-        fmt::print(stderr, "tokenctl: line {}: {}\n", e.line, e.message);
-      }
-      fmt::print(stderr,
-                 "tokenctl: refused the batch of lines {}-{}: nothing of it was written; {}. "
-                 "Fix it and rerun with --from-line {}\n",
-                 batch->firstLine, batch->lastLine, done, batch->firstLine);
-      return kExitFailed;
-    }
-    for (const Prepared& p : batch->items) {
-      if (!p.key.empty() && !o.dryRun) {
-        std::fwrite(p.key.data(), 1, p.key.size(), keys);
-        std::fputc('\n', keys);
-        ++minted;
-      }
-    }
-    imported += batch->items.size();
-    lastDone = batch->lastLine;
-    ++batches;
-    if (!o.quiet && batches % 20 == 0) {
-      double s = static_cast<double>(monotonicNanos() - start) / 1e9;
-      fmt::print(stderr, "tokenctl: {} tokens in {:.1f} s ({} tokens/s)\n", imported, s,
-                 rate(static_cast<double>(imported), s));
+  std::vector<LineError> errors;
+  uint64_t bad = 0;
+  size_t total = 0;
+  for (ParseOutput& p : outputs) {
+    errors.insert(errors.end(), p.errors.begin(), p.errors.end());
+    bad += p.badLines;
+    total += p.entries.size();
+  }
+  if (bad > 0) return refuse(errors, bad, "");
+  const double parseSeconds = since(start), parseCpu = cpuSeconds();
+
+  // 2. One sorted list, checked as a whole and against the database.
+  std::vector<Entry> entries;
+  entries.reserve(total);
+  for (ParseOutput& p : outputs) {
+    size_t mid = entries.size();
+    entries.insert(entries.end(), p.entries.begin(), p.entries.end());
+    std::vector<Entry>().swap(p.entries);
+    std::inplace_merge(entries.begin(), entries.begin() + static_cast<ptrdiff_t>(mid),
+                       entries.end(), entryLess);
+  }
+  auto note = [&](uint64_t line, std::string message) {
+    ++bad;
+    if (errors.size() < kMaxReportedErrors) errors.push_back({line, std::move(message)});
+  };
+  for (size_t i = 1; i < entries.size(); ++i) {
+    const Entry &a = entries[i - 1], &b = entries[i];
+    if (std::memcmp(a.id, b.id, kTokenIdLength) == 0) {
+      note(std::max(a.line, b.line),
+           fmt::format("token id \"{}\" is also on line {}", b.idView(), std::min(a.line, b.line)));
     }
   }
-  if (auto e = queue.readError()) return fail(*e);
-  if (std::fflush(keys) != 0)
-    return fail(fmt::format("Failed to write the keys: {}", std::strerror(errno)));
-  double s = static_cast<double>(monotonicNanos() - start) / 1e9;
-  if (!o.quiet || o.dryRun) {
+  {
+    // A user's token names, each once: sort (user, name hash), compare names on equal hashes.
+    struct NameKey {
+      uint32_t user;
+      uint64_t hash;
+      uint32_t index;
+    };
+    std::vector<NameKey> names;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      if (entries[i].nameLen == 0) continue;
+      names.push_back({entries[i].user, std::hash<std::string_view>{}(entries[i].name()),
+                       static_cast<uint32_t>(i)});
+    }
+    std::sort(names.begin(), names.end(), [](const NameKey& a, const NameKey& b) {
+      return std::tie(a.user, a.hash, a.index) < std::tie(b.user, b.hash, b.index);
+    });
+    for (size_t i = 0; i < names.size(); ++i) {
+      for (size_t j = i + 1;
+           j < names.size() && names[j].user == names[i].user && names[j].hash == names[i].hash;
+           ++j) {
+        const Entry &a = entries[names[i].index], &b = entries[names[j].index];
+        if (a.name() == b.name()) {
+          note(std::max(a.line, b.line), fmt::format("A token with name \"{}\" is also on line {}",
+                                                     a.name(), std::min(a.line, b.line)));
+        }
+      }
+    }
+  }
+  if (bad > 0) return refuse(errors, bad, " (within the input)");
+  {
+    auto reader = (*db)->reader();
+    if (!reader) return fail(reader.error().message);
+    Reader& r = **reader;
+    if (auto b = r.begin(); !b) return fail(b.error().message);
+    ScopeExit end([&] { r.end(); });
+    for (Entry& e : entries) {
+      const UserSlot& u = users.at(e.user);
+      auto existing = r.tokenBytes(e.idView());
+      if (!existing) return fail(existing.error().message);
+      if (*existing) {
+        if (o.skipExisting) {
+          auto stored = decodeToken(**existing);
+          auto mine = decodeToken(e.record());
+          if (stored && mine && stored->userId == mine->userId &&
+              stored->secretHash == mine->secretHash) {
+            e.skip = 1;
+            continue;
+          }
+        }
+        note(e.line, fmt::format("token id \"{}\" already exists", e.idView()));
+        continue;
+      }
+      if (e.nameLen == 0 || u.create) continue;
+      auto named = r.tokenByName(u.id, e.name());
+      if (!named) return fail(named.error().message);
+      if (*named) {
+        note(e.line, fmt::format("A token with name \"{}\" already exists.", e.name()));
+      }
+    }
+  }
+  if (bad > 0) return refuse(errors, bad, " (against the database)");
+  const double checkSeconds = since(start) - parseSeconds, checkCpu = cpuSeconds() - parseCpu;
+
+  // 3. Write, in id order, --batch tokens a transaction.
+  size_t written = 0, skipped = 0, usersCreated = 0, transactions = 0;
+  size_t done = 0;  // entries [0, done) are committed (or skipped)
+  std::vector<NewTokenRef> refs;
+  std::string failure;
+  const int64_t writeStart = monotonicNanos();
+  if (!o.dryRun) {
+    bool first = true;
+    while (done < entries.size()) {
+      refs.clear();
+      size_t end = done, inBatch = 0;
+      for (; end < entries.size() && inBatch < o.batch; ++end) {
+        const Entry& e = entries[end];
+        if (e.skip) continue;
+        refs.push_back({e.idView(), e.record(), &users.at(e.user).id, e.name()});
+        ++inBatch;
+      }
+      size_t failedAt = 0;
+      size_t created = 0;
+      auto r = (*db)->update([&](Writer& w) -> Result<void> {
+        created = 0;
+        if (first) {
+          for (const UserSlot& u : users.all()) {
+            if (!u.create) continue;
+            UserRecord rec{u.id, u.username, {}, UserStatus::Active, now, now};
+            if (auto p = w.putUser(rec); !p) return p;
+            ++created;
+          }
+        }
+        return w.insertNewTokens(refs, failedAt);
+      });
+      if (!r) {
+        failure = r.error().message;
+        if (failedAt < refs.size()) {
+          // Name the line of the token the database refused.
+          for (size_t i = done; i < end; ++i) {
+            if (entries[i].idView() == refs[failedAt].id) {
+              failure = fmt::format("line {}: {}", entries[i].line, failure);
+              break;
+            }
+          }
+        }
+        break;
+      }
+      first = false;
+      usersCreated += created;
+      written += refs.size();
+      skipped += (end - done) - refs.size();
+      done = end;
+      ++transactions;
+    }
+  }
+  const double writeSeconds = since(writeStart), writeCpu = cpuSeconds() - parseCpu - checkCpu;
+
+  // Minted keys, in input order, of the committed tokens only.
+  uint64_t minted = 0;
+  if (!o.dryRun) {
+    std::vector<std::pair<uint64_t, const char*>> keys;
+    for (size_t i = 0; i < done; ++i) {
+      const Entry& e = entries[i];
+      if (e.minted && !e.skip) keys.emplace_back(e.line, e.key().data());
+    }
+    std::sort(keys.begin(), keys.end());
+    FILE* out = stdout;
+    if (!o.keysOut.empty() && !keys.empty()) {
+      int fd = ::open(o.keysOut.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      if (fd < 0 || !(out = ::fdopen(fd, "w"))) {
+        if (fd >= 0) ::close(fd);
+        return fail(fmt::format("Failed to open {}: {}", o.keysOut, std::strerror(errno)));
+      }
+    }
+    std::string buf;
+    buf.reserve(kTokenLength + 1);
+    for (const auto& [line, key] : keys) {
+      buf.assign(key, kTokenLength).push_back('\n');
+      std::fwrite(buf.data(), 1, buf.size(), out);
+    }
+    minted = keys.size();
+    bool ok = std::fflush(out) == 0;
+    if (out != stdout) ok = std::fclose(out) == 0 && ok;
+    if (!ok) return fail(fmt::format("Failed to write the minted keys: {}", std::strerror(errno)));
+  }
+
+  if (!failure.empty()) {
+    fmt::print(stderr, "tokenctl: {}\n", failure);
     fmt::print(stderr,
-               "tokenctl: {} {} tokens ({} minted) from lines {}-{} in {:.2f} s ({} tokens/s), "
-               "{} transactions, {} users created\n",
-               o.dryRun ? "checked (dry run, nothing written)" : "imported", imported, minted,
-               firstLine, lastDone, s, rate(static_cast<double>(imported), s), batches,
-               importer.usersCreated());
+               "tokenctl: the import stopped: the failed batch was rolled back; {} of {} tokens "
+               "(the first in id order) were written before it{}. Rerun the same input with "
+               "--skip-existing to write the rest (lines without a key mint new ones).\n",
+               written, entries.size(), minted ? " and their minted keys printed" : "");
+    return kExitFailed;
+  }
+  if (!o.quiet) {
+    const double s = since(start);
+    if (o.dryRun) {
+      fmt::print(stderr,
+                 "tokenctl: checked {} tokens from {} lines in {:.2f} s: all good (dry run: "
+                 "nothing written)\n",
+                 entries.size(), *lines, s);
+    } else {
+      fmt::print(stderr,
+                 "tokenctl: imported {} tokens ({} minted, {} skipped) from {} lines in {:.2f} s "
+                 "({} tokens/s; parse {:.2f} s, check {:.2f} s, write {:.2f} s in {} "
+                 "transactions; CPU parse {:.2f} s, check {:.2f} s, write {:.2f} s), {} users "
+                 "created\n",
+                 written, minted, skipped, *lines, s, perSecond(static_cast<double>(written), s),
+                 parseSeconds, checkSeconds, writeSeconds, transactions, parseCpu, checkCpu,
+                 writeCpu, usersCreated);
+    }
   }
   return 0;
 }

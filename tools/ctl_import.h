@@ -1,4 +1,4 @@
-// tokenctl import: bulk-loads tokens from JSON lines into the key database, in large transactions.
+// tokenctl import: bulk-loads tokens from JSON lines into the key database.
 //
 // Input: one JSON object a line (blank lines are skipped), in the shape `tokens list -o json`
 // prints, plus where the secret comes from:
@@ -18,13 +18,18 @@
 //                                       as given (a migration keeps its expiries), uncapped
 // Unknown fields are refused, so that a misspelt "scope" does not silently grant coder:all.
 //
-// Writing: lines are read, parsed and hashed on one thread while the previous batch is written on
-// another. Each batch of --batch lines is one write transaction, written in id order (so the
-// B-tree pages it touches are visited once, in order). A batch with any bad line is refused
-// whole: nothing of it is written, every bad line is named (up to a limit), and the import stops;
-// the batches before it stay committed and the message says which lines they were, so a rerun
-// with --from-line resumes after them. Minted keys are printed (stdout, or --keys-out) only once
-// their batch is committed.
+// How, and what is atomic:
+//  1. Check. The input is read and every line parsed, checked and hashed (on every core), then
+//     sorted by token id and checked as a whole (an id or a user's token name twice) and against
+//     the database (users, ids and names already taken). Any bad line refuses the whole import
+//     before anything is written, naming the bad lines.
+//  2. Write. One write transaction per --batch tokens, in id order, through
+//     Writer::insertNewTokens (sorted cursor writes: each B-tree page is touched once per batch,
+//     not once per token). A batch that fails (a full disk, or another writer taking an id or a
+//     name since the check) is rolled back whole and the import stops; the batches before it
+//     stay, and the message says how many tokens they hold and how to finish (--skip-existing).
+//  Minted keys are printed (stdout, or --keys-out, mode 0600) in input order, only for tokens
+//  that were committed.
 #pragma once
 
 #include <cstddef>
@@ -39,12 +44,13 @@ namespace tokend::tools {
 
 struct ImportOptions {
   std::string input = "-";  // a path, or "-" for stdin
-  size_t batch = 50000;     // lines per write transaction
+  size_t batch = 50000;     // tokens per write transaction
   std::string keysOut;      // where minted keys go, one a line; empty: stdout
   bool createUsers = false;
-  uint64_t fromLine = 1;  // lines before it are skipped
-  bool dryRun = false;    // check every batch against the database, write nothing
-  bool quiet = false;     // no progress lines
+  bool skipExisting = false;  // a token already stored with the same id, user and hash: skip it
+  bool dryRun = false;        // check everything against the database, write nothing
+  bool quiet = false;         // no progress lines
+  unsigned threads = 0;       // parsing threads; 0: one per core
 };
 
 struct ImportCommand {

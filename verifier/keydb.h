@@ -30,6 +30,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -124,6 +125,14 @@ class Reader : public Txn {
   detail::MapUse use_;
 };
 
+// A token for Writer::insertNewTokens: its record already encoded (encodeToken) and checked.
+struct NewTokenRef {
+  std::string_view id;       // kTokenIdLength characters of [0-9A-Za-z]
+  std::string_view encoded;  // encodeToken() of the record
+  const Uuid* user;          // the record's user
+  std::string_view name;     // the record's name for LoginType::Token, empty for sessions
+};
+
 // One write transaction; aborted on destruction unless committed. Every mutation records the
 // touched ids, written to the changelog at commit.
 class Writer : public Txn {
@@ -146,6 +155,15 @@ class Writer : public Txn {
   // update() commits after `fn` returns; call this only to see a commit error inside `fn`.
   // Refused after a failed write in this transaction (LMDB may have applied part of it).
   Result<void> commit();
+
+  // Bulk loading (tokenctl import): inserts tokens that must all be new, given in strictly
+  // increasing id order, with their index entries, by sorted cursor writes (LMDB's append mode
+  // past the last id), so that each page is touched once. Refuses the whole call, naming the
+  // token and setting `failedAt` to its index, when an id is taken or a name is held by another
+  // token of the user (-EEXIST), or a user does not exist (-ENOENT); the caller then aborts.
+  // No changelog entries are written for these tokens: a token that was not in the database
+  // cannot be in any cache, so there is nothing to invalidate.
+  Result<void> insertNewTokens(std::span<const NewTokenRef> sortedById, size_t& failedAt);
 
  private:
   friend class KeyDb;
