@@ -1,7 +1,9 @@
 // tokend: the token-verification daemon's entry point: configuration, the key database, the
 // shared-memory cache, the socket, the workers, and an orderly shutdown on SIGTERM/SIGINT.
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -25,20 +27,28 @@
 namespace tokend::daemon {
 namespace {
 
-Result<UniqueFd> listenUnix(const std::string& path, unsigned mode) {
+// `lock` receives the descriptor holding `<path>.lock`: keep it open while serving.
+Result<UniqueFd> listenUnix(const std::string& path, unsigned mode, UniqueFd& lock) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof addr.sun_path) return makeError("socket path is too long: " + path);
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
 
-  // A socket file left by a daemon that died is removed; one a live daemon answers on is not.
+  // Who owns the socket path is decided by a lock, not by whether the socket answers a connect:
+  // a daemon killed while io_uring had an accept in flight leaves its listening socket alive in
+  // the kernel until the ring's deferred teardown ends, and that socket takes connections (into
+  // its backlog) that nobody will ever answer. A lock dies with its process.
+  const std::string lockPath = path + ".lock";
+  lock.reset(::open(lockPath.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!lock) return Error::fromErrno(errno, "Failed to open " + lockPath);
+  if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) return makeError("another tokend is serving " + path, -EADDRINUSE);
+    return Error::fromErrno(errno, "Failed to lock " + lockPath);
+  }
+  // We hold the lock: a socket file there is a dead daemon's.
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return makeError(path + " exists and is not a socket");
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-      return makeError("another tokend is serving " + path, -EADDRINUSE);
-    }
     ::unlink(path.c_str());
   }
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
@@ -113,7 +123,8 @@ int run(int argc, char** argv) {
     log::error("Failed to create the shared-memory cache: {}", cache.error().message);
     return 1;
   }
-  auto listener = listenUnix(config.socketPath, config.socketMode);
+  UniqueFd socketLock;
+  auto listener = listenUnix(config.socketPath, config.socketMode, socketLock);
   if (!listener) {
     log::error("Failed to listen: {}", listener.error().message);
     return 1;

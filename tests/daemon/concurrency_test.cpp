@@ -1,9 +1,9 @@
 // Concurrency test (suites integration and tsan): many clients on every protocol at once while
 // tokens are revoked by tokenctl in other processes, clients report fast-path uses and scrape
 // metrics, and the write-back commits every 10 ms. Every answer must be right: a token not
-// revoked always verifies, and one revoked is refused for every request sent 10 ms after the
-// revocation committed. Built with -Db_sanitize=thread, tokend itself runs under TSan and the
-// test fails on any report in its stderr.
+// revoked always verifies, and one revoked is refused for every request sent 10 ms (200 ms under
+// a sanitizer) after the revocation committed. Built with -Db_sanitize=thread, tokend itself runs
+// under TSan and the test fails on any report in its stderr.
 #include <doctest/doctest.h>
 
 #include <array>
@@ -39,6 +39,10 @@ struct State {
   std::mutex mu;
   std::vector<std::string> problems;
 
+  // SPEC 6's 10 ms; a sanitizer runtime slows tokend several times over, so there the test
+  // checks ordering with more slack (tests/daemon/daemon_test.cpp holds the 10 ms figure).
+  int64_t grace = std::chrono::nanoseconds(std::chrono::milliseconds(10)).count();
+
   State() {
     for (auto& r : revokedAt) r = INT64_MAX;
     for (auto& r : revokingFrom) r = INT64_MAX;
@@ -50,10 +54,9 @@ struct State {
     // Read in this order: a revocation seen as committed was seen as started too.
     const int64_t revoked = revokedAt[i].load();
     const int64_t revoking = revokingFrom[i].load();
-    const int64_t grace = std::chrono::nanoseconds(std::chrono::milliseconds(10)).count();
     bool right = revoking == INT64_MAX      ? ok    // never touched: must verify
                  : revoked == INT64_MAX     ? true  // being revoked: either
-                 : sentAt > revoked + grace ? !ok   // committed 10 ms before
+                 : sentAt > revoked + grace ? !ok   // committed a grace before
                                             : true;
     if (revoking != INT64_MAX && sentAt <= revoked + grace && ok) ++late;
     if (!right) {
@@ -151,6 +154,8 @@ TEST_SUITE("Concurrency") {
     d.ctlOk({"users", "create", "u1"});
     d.ctlOk({"users", "create", "u2"});
     State s;
+    if (sanitized(d.pid()))
+      s.grace = std::chrono::nanoseconds(std::chrono::milliseconds(200)).count();
     for (int i = 0; i < kTokens; ++i) {
       const char* user = i % 2 ? "u1" : "u2";
       s.tokens.push_back(i % 4 == 3 ? d.ctlOk({"sessions", "create", "--user", user})
@@ -185,7 +190,7 @@ TEST_SUITE("Concurrency") {
     std::string problems;
     for (const auto& p : s.problems) problems += p + "\n";
     INFO(problems);
-    INFO("answers ", s.answers.load(), ", OK within the 10 ms grace ", s.late.load());
+    INFO("answers ", s.answers.load(), ", OK within the grace ", s.late.load());
     CHECK(s.wrong == 0);
     CHECK(s.answers > 1000);
     CHECK(d.stop() == 0);

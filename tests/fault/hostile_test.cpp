@@ -28,17 +28,6 @@ namespace {
 constexpr int kMaxConnections = 48;
 constexpr int kStallMs = 800;
 
-// A sanitizer runtime keeps freed memory in quarantine: RSS means little there.
-bool sanitized(pid_t pid) {
-  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    if (line.find("libasan") != std::string::npos || line.find("libtsan") != std::string::npos)
-      return true;
-  }
-  return false;
-}
-
 // Well-behaved clients: each holds one connection (opened before any attack, so within the
 // limit) and verifies a valid and a revoked token every few milliseconds, checking each answer.
 struct GoodClients {

@@ -2,6 +2,7 @@
 // and that no token secret leaks into logs, metrics, error messages, listings or the database.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -39,6 +40,12 @@ RunResult userCtl(const Daemon& d, const std::string& token, std::vector<std::st
   return run(argv);
 }
 
+// Becomes `id` (uid and gid) with no supplementary groups: root's group 0 must not come along,
+// or the child could use the socket's group permission.
+bool dropTo(uid_t id) {
+  return ::setgroups(0, nullptr) == 0 && ::setgid(id) == 0 && ::setuid(id) == 0;
+}
+
 // What a peer of another uid sees when it asks for the segment (and, if it got one, whether it
 // could map it writable): run in a child that drops to `uid`.
 struct Attach {
@@ -59,7 +66,7 @@ Attach attachAs(const std::string& socket, uid_t uid) {
   if (pid == 0) {
     ::close(pipefd[0]);
     Attach a;
-    if (uid != ::getuid() && (::setgid(uid) != 0 || ::setuid(uid) != 0)) _exit(3);
+    if (uid != ::getuid() && !dropTo(uid)) _exit(3);
     UniqueFd fd = connectUnix(socket);
     if (!fd) _exit(4);
     std::string req;
@@ -161,6 +168,17 @@ TEST_SUITE("Security") {
       CAPTURE(mode);
       CHECK(modeOf(d.socket()) == std::stoul(mode, nullptr, 8));
     }
+    // The socket path belongs to one daemon at a time (a lock, not a connect probe): a second
+    // tokend on it refuses to start, the first goes on serving.
+    {
+      Daemon d;
+      TempDir other;
+      RunResult second =
+          run({programPath("TOKEND"), "--data-dir", other / "data", "--socket", d.socket()});
+      CHECK(second.status == 1);
+      CHECK(second.err.find("another tokend is serving") != std::string::npos);
+      CHECK(d.text("PING") == "PONG");
+    }
     TempDir dir;
     RunResult bad =
         run({programPath("TOKEND"), "--data-dir", dir / "data", "--socket-mode", "0999"});
@@ -215,6 +233,7 @@ TEST_SUITE("Security") {
           {"--socket", socket, "--socket-mode", "0666", "--shm-allow-gid", std::to_string(nobody)});
       waitForMode(socket, 0666);
       Attach other = attachAs(socket, nobody);
+      INFO("opcode ", other.opcode, ", error ", other.error);
       CHECK(other.gotFd);
     }
     // With the default mode (0660, owner root), another user cannot even connect.
@@ -224,7 +243,7 @@ TEST_SUITE("Security") {
       REQUIRE(::pipe(pipefd) == 0);
       pid_t pid = ::fork();
       if (pid == 0) {
-        if (::setgid(nobody) != 0 || ::setuid(nobody) != 0) _exit(3);
+        if (!dropTo(nobody)) _exit(3);
         UniqueFd fd = connectUnix(socket);
         char refused = fd ? 0 : 1;
         _exit(::write(pipefd[1], &refused, 1) == 1 ? 0 : 4);

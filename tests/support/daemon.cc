@@ -107,8 +107,14 @@ void Daemon::start() {
   argv.insert(argv.end(), args_.begin(), args_.end());
   child_ = spawn(argv, env_, dir_.path());
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  // Up means answering: a connect alone can reach the listening socket of a daemon that was
+  // killed a moment ago (io_uring tears its ring down after the process is gone).
+  auto answers = [&] {
+    UniqueFd fd = connectUnix(socket_);
+    return fd && sendAll(fd.get(), "PING\n") && readLines(fd.get(), 1, 200) == "PONG\n";
+  };
   while (std::chrono::steady_clock::now() < deadline) {
-    if (connectUnix(socket_)) break;
+    if (answers()) break;
     int status = 0;
     if (::waitpid(child_.pid, &status, WNOHANG) == child_.pid) {
       child_.pid = -1;
@@ -116,8 +122,7 @@ void Daemon::start() {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  if (!connectUnix(socket_))
-    throw std::runtime_error("tokend did not open its socket: " + child_.err());
+  if (!answers()) throw std::runtime_error("tokend did not open its socket: " + child_.err());
   std::string out = child_.out();
   if (adminToken_.empty() && out.size() >= 33) adminToken_ = out.substr(0, 33);
 }

@@ -153,4 +153,14 @@ long statusKiB(pid_t pid, const char* field) {
   return -1;
 }
 
+bool sanitized(pid_t pid) {
+  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    if (line.find("libasan") != std::string::npos || line.find("libtsan") != std::string::npos)
+      return true;
+  }
+  return false;
+}
+
 }  // namespace tokend::test

@@ -58,4 +58,8 @@ inline long rssKiB(pid_t pid) {
   return statusKiB(pid, "VmRSS");
 }
 
+// Whether a running process has a sanitizer runtime mapped (ASan or TSan): its memory figures
+// then include the runtime's quarantine and shadow, and its timing is several times slower.
+bool sanitized(pid_t pid);
+
 }  // namespace tokend::test
