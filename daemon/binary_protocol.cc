@@ -21,8 +21,12 @@ uint64_t loadLe(std::string_view in, size_t at, size_t n) {
   return v;
 }
 
+// Through a stack buffer and one append: a push_back per byte checks the capacity per byte, and
+// every answer frame is made of these.
 void storeLe(std::string& out, uint64_t v, size_t n) {
-  for (size_t i = 0; i < n; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  char b[8];
+  for (size_t i = 0; i < n; ++i) b[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  out.append(b, n);
 }
 
 void putU8(std::string& out, uint8_t v) {
@@ -302,12 +306,11 @@ Result<void> decodeEmpty(std::string_view payload) {
 }
 
 void appendFrameHeader(std::string& out, Opcode opcode, uint64_t requestId, uint32_t length) {
-  putU8(out, kFrameMagic);
-  putU8(out, kBinaryVersion);
-  putU8(out, static_cast<uint8_t>(opcode));
-  putU8(out, 0);
-  putU32(out, length);
-  putU64(out, requestId);
+  char h[kFrameHeaderSize] = {static_cast<char>(kFrameMagic), static_cast<char>(kBinaryVersion),
+                              static_cast<char>(opcode), 0};
+  for (size_t i = 0; i < 4; ++i) h[4 + i] = static_cast<char>((length >> (8 * i)) & 0xff);
+  for (size_t i = 0; i < 8; ++i) h[8 + i] = static_cast<char>((requestId >> (8 * i)) & 0xff);
+  out.append(h, kFrameHeaderSize);
 }
 
 void encodeHello(std::string& out, uint64_t requestId, const Hello& h) {

@@ -55,6 +55,7 @@ class Service {
     std::mutex usesMu_;
     std::vector<Use> uses_;
     MetricsShard* metrics_ = nullptr;
+    int64_t now_ = 0;  // the batch's wall clock (beginBatch), 0 outside a batch
   };
 
   Service(verifier::KeyDb& db, shm::Cache& cache, Metrics& metrics, const ServiceOptions& options);
@@ -65,6 +66,15 @@ class Service {
   // A worker for thread `index` (its metrics shard). The Service keeps a pointer until it is
   // destroyed; workers must outlive stop().
   Result<std::unique_ptr<Worker>> makeWorker(int index);
+
+  // A session calls these around the requests of one received batch. beginBatch() reads the wall
+  // clock once for the batch (decisions need whole seconds, and a batch is answered within
+  // microseconds); endBatch() drops it, so a verify() outside a batch reads the clock itself.
+  void beginBatch(Worker& w) const;
+  void endBatch(Worker& w) const { w.now_ = 0; }
+  // Starts loading the cache slot of `token`'s id (when it has the shape of one), for a verify()
+  // of it soon after: a batch's slot loads overlap instead of stalling one by one.
+  void prefetch(std::string_view token) const;
 
   // Verifies `query` into `answer`; the answer's views point into `w` until its next call.
   // Returns false when the machine failed (a database read error, logged once): no answer.

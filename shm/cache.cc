@@ -261,6 +261,13 @@ detail::StatShard& Cache::shard() const {
   return stats_[mine];
 }
 
+void Cache::prefetch(std::string_view tokenId) const {
+  if (!validId(tokenId)) return;
+  const CacheSlot* slot = &slots_[makeKey(tokenId.data()).home & mask_];
+  const char* p = reinterpret_cast<const char*>(slot);
+  for (size_t line = 0; line < kSlotSize; line += kCacheLine) __builtin_prefetch(p + line, 0, 3);
+}
+
 LookupResult Cache::lookup(std::string_view tokenId, CacheEntry& out) {
   uint64_t idx = 0;
   const LookupResult r = lookupIn(slots_, mask_, tokenId, out, idx);
