@@ -147,6 +147,14 @@ class Call {
                  std::string(reasonName(a.reason)));
   }
 
+  // After a change this worker committed: take it out of the cache now, before answering, so
+  // the client that revoked can count on it at once (and SPEC 6's 10 ms holds whatever the
+  // scheduler does to the changelog watcher, which will find the same change again).
+  void revoked(const TokenRecord& t) { service_.cache().invalidateToken(t.id); }
+  void changed(const UserRecord& u) {
+    service_.cache().invalidateUser(std::span<const uint8_t, shm::kUuidLength>(u.id.bytes));
+  }
+
   Result<UserRecord> target(std::string_view ref) {
     if (ref == "me") return caller_;
     return manager_.user(ref);
@@ -299,6 +307,7 @@ class Call {
     if (!isTokenId(id)) return error(404, fmt::format("token \"{}\" not found", id));
     auto t = manager_.expireToken(id, user.id, clockNow());
     if (!t) return fromError(t.error());
+    revoked(*t);
     return Reply{200, tokenJson(*t, user.username)};
   }
 
@@ -307,6 +316,7 @@ class Call {
     if (!isTokenId(id)) return error(404, fmt::format("token \"{}\" not found", id));
     auto t = manager_.deleteToken(id, user.id);
     if (!t) return fromError(t.error());
+    revoked(*t);
     return Reply{200, tokenJson(*t, user.username)};
   }
 
@@ -348,6 +358,7 @@ class Call {
     auto u = manager_.setStatus(user.id.toString(),
                                 active ? UserStatus::Active : UserStatus::Suspended, clockNow());
     if (!u) return fromError(u.error());
+    changed(*u);
     return Reply{200, userJson(*u)};
   }
 
@@ -364,6 +375,7 @@ class Call {
     }
     auto u = manager_.setRoles(user.id.toString(), roles, clockNow());
     if (!u) return fromError(u.error());
+    changed(*u);
     return Reply{200, userJson(*u)};
   }
 
@@ -374,6 +386,7 @@ class Call {
     }
     auto u = manager_.deleteUser(user.id.toString());
     if (!u) return fromError(u.error());
+    changed(*u);
     return Reply{200, userJson(*u)};
   }
 
