@@ -1,4 +1,4 @@
-// Micro-benchmarks of the shared-memory cache: lookups, inserts, invalidation scans; 1-2 threads.
+// Micro-benchmarks of the shared-memory cache: lookups, inserts, invalidations; 1-2 threads.
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
@@ -160,11 +160,16 @@ void BM_LookupHitUnderWrites(benchmark::State& state) {
   }
 }
 
-// A user invalidation scans every slot; SPEC 6 wants revocations visible within 10 ms.
-void BM_InvalidateUserScan(benchmark::State& state) {
+// A user invalidation bumps two counters (it used to scan every slot: 4 ms here, 317 ms at
+// 4 Mi slots); SPEC 6 wants revocations visible within 10 ms. Its cost does not depend on the
+// slot count.
+void BM_InvalidateUser(benchmark::State& state) {
   auto& f = fixture();
   const uint8_t nobody[kUuidLength] = {0xEE};
-  for (auto _ : state) benchmark::DoNotOptimize(f.cache.invalidateUser(nobody));
+  for (auto _ : state) {
+    f.cache.invalidateUser(nobody);
+    benchmark::ClobberMemory();
+  }
   state.counters["slots"] = static_cast<double>(f.cache.slotCount());
 }
 
@@ -176,6 +181,6 @@ BENCHMARK(BM_ReaderLookupHit)->Threads(1)->Threads(2)->UseRealTime();
 BENCHMARK(BM_LookupMiss)->Threads(1)->Threads(2)->UseRealTime();
 BENCHMARK(BM_Insert)->Threads(1)->Threads(2)->UseRealTime();
 BENCHMARK(BM_LookupHitUnderWrites)->Threads(2)->UseRealTime();
-BENCHMARK(BM_InvalidateUserScan)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_InvalidateUser);
 
 BENCHMARK_MAIN();

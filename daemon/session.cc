@@ -400,6 +400,8 @@ std::string SessionFactoryImpl::renderMetrics() const {
   counter("tokend_cache_evictions_total", "Cached tokens displaced by others.", c.evictions);
   counter("tokend_cache_invalidations_total", "Cached tokens erased because the database changed.",
           c.invalidations);
+  counter("tokend_cache_user_invalidations_total",
+          "User changes that made the user's cached tokens stale.", c.userInvalidations);
   counter(
       "tokend_decided_from_cache_total", "Verdicts decided from the cache.",
       sum([](const MetricsShard& s) -> const std::atomic<uint64_t>& { return s.cacheDecided; }));

@@ -2,8 +2,9 @@
 //
 // ============================== Concurrency protocol ==============================
 //
-// Memory. The segment (segment.h) is a header and a power-of-two array of CacheSlot. A slot is
-// { seq, ref, payload words }. Every shared field is a plain integer accessed only through
+// Memory. The segment (segment.h) is a header, a power-of-two array of CacheSlot, and the user
+// epoch table: a power-of-two array of 64-bit counters, indexed by XXH3-64 of a user id. A slot
+// is { seq, ref, payload words }. Every shared field is a plain integer accessed only through
 // std::atomic_ref (so the shared types stay trivially copyable and every access is atomic:
 // there is no data race to begin with, and ThreadSanitizer agrees).
 //
@@ -35,15 +36,18 @@
 // cache fill is an optimisation, waiting for one is not worth it. Invalidations and `update`
 // spin until they hold the lock: writers hold it for the time of ~50 stores and never block
 // inside, and no thread holds two slot locks, so there is no deadlock. Only `insert` brings a
-// token id or a user id into a slot: `update` refuses to change either, invalidations only
-// erase.
+// token id or a user id into a slot, and only it sets an entry's userEpoch: `update` refuses to
+// change any of them, invalidations only erase. The user epoch counters are written only by
+// `invalidateUser` (an atomic increment; no lock).
 //
 // Invalidation without stale refills. The header holds an epoch. A filler reads `epoch()`
 // BEFORE it reads the database; `insert(entry, epochSeen)` re-reads the epoch (seq_cst) while
 // holding the slot lock and drops the entry if it moved. Invalidations run AFTER the database
-// change is committed: they bump the epoch (seq_cst), then visit every slot in scope (the
-// token's window, or all slots) and erase the matches under the slot lock. Why a fill that read
-// the database before the change cannot survive it, for the slot F the fill writes:
+// change is committed: they bump the epoch (seq_cst). invalidateToken and invalidateAll then
+// visit every slot in scope (the token's window, or all slots) and erase the matches under the
+// slot lock; invalidateUser erases nothing and bumps the user's counter instead ("Users" below).
+// Why a fill that read the database before the change cannot survive it, for the slot F the fill
+// writes:
 //  (a) The invalidation locks F before the fill does: the bump happens before that unlock
 //      (release), the fill's lock CAS reads it or a later link of the lock/unlock chain, so the
 //      fill's epoch check sees the bump and drops the entry.
@@ -60,6 +64,34 @@
 // the bump read the database after the commit (the bump is a release, epoch() an acquire), so
 // it is fresh. Hence: the daemon must call invalidate* only after its commit, and fillers must
 // call epoch() before opening their read transaction.
+//
+// Users. A user change (suspension, activation, roles, deletion) touches every token of the user,
+// which may sit in any slot: a scan of every slot took 4 ms at 64 Ki slots and 317 ms at 4 Mi,
+// past SPEC 6's 10 ms. Instead each entry carries `userEpoch`, the value of its user's counter U
+// that `insert` loaded (seq_cst) BEFORE its epoch check, and a lookup, after a validated copy,
+// loads U (acquire) and answers Miss if it differs from the copy's userEpoch. invalidateUser,
+// after the commit, does: bump the epoch (seq_cst) G, then U += 1 (seq_cst) B. Take a fill F that
+// read the database before the commit; F does: E = epoch(); read the database; u = load U;
+// lock; check the epoch. All of G, B, F's u load and its epoch check are seq_cst, so they lie in
+// one total order S consistent with each thread's program order:
+//  (d) F's check reads a value after E: F is dropped (Stale), as for any invalidation.
+//  (e) F's check reads E, older than G's result: the check precedes G in S (a seq_cst load that
+//      reads a value older than a seq_cst store precedes it). Then u load < check < G < B in S,
+//      so u is older than B's result; F's entry carries that older value, and any lookup after
+//      invalidateUser returned loads U = B's result or later (coherence: counters only grow):
+//      mismatch, Miss. It does not matter when F's write lands, before or after B.
+// The order G then B matters: were U bumped first, F's u load could see B while its check still
+// preceded G, and the stale entry would carry the new value. A fill whose E already saw G read the
+// database after the commit; its u load may still precede B, which only costs one more refill.
+// An entry stays stale until a fill replaces it (insert reuses the copy's slot): an entry is never
+// made fresh again by the counter, which only grows (64 bits: it does not wrap). Users whose ids
+// share a counter with the changed user (the table holds userEpochCountFor(slotCount) counters,
+// segment.h) see their entries go stale too: a refill each, never a wrong answer. invalidateUser
+// therefore costs two atomic increments and no slot access (about 8 ns); a lookup costs one more
+// 8-byte load (the table is 0.03% of the slots' size and usually cached) and an XXH3 of 16 bytes:
+// 2 to 4 ns on a hit already in the CPU cache (docs/benchmarks.md). Stale entries keep their
+// bytes until refilled or evicted; a deleted user's tokens are in the changelog as tokens too, so
+// the changelog watcher still erases them, secret hashes included, with invalidateToken.
 //
 // Freshness of times. expiresAt and lastUsed are written back to the database in batches, so a
 // fill may carry older values than `update` wrote into the cache: a cached expiresAt is a lower
@@ -120,9 +152,9 @@ static_assert(sizeof(AllowEntry) == 20);
 // Chosen so that a slot (16 bytes of seq/ref + the entry) is exactly six cache lines.
 inline constexpr size_t kInlineAllow = 7;
 
-// What a hit needs to decide without the database. The fields a lookup compares (tokenId) and a
-// user invalidation scans (userId) come first, so they share the slot's first cache line with
-// its seq: a miss or a scan touches one line per slot.
+// What a hit needs to decide without the database. The fields a lookup compares (tokenId) and
+// invalidateAll's scan reads come first, so they share the slot's first cache line with its seq:
+// a miss or a scan touches one line per slot.
 struct CacheEntry {
   char tokenId[kTokenIdLength];  // not NUL-terminated; tokenId[0] == 0 marks an empty slot
   uint8_t loginType;             // verifier::LoginType
@@ -140,7 +172,11 @@ struct CacheEntry {
   uint64_t owned[kPermWords];   // permissions the user's roles grant on objects the user owns
   char username[kUsernameMax];  // not NUL-terminated
   AllowEntry allow[kInlineAllow];
-  uint8_t reserved1[12];
+  uint8_t reserved1[4];
+  // The user epoch of userId's counter that insert() read before its epoch check (protocol
+  // above): a lookup that finds the counter moved since treats the entry as a miss. Set by
+  // insert(), whatever the filler put here; update() keeps it.
+  uint64_t userEpoch;
 
   std::string_view id() const { return {tokenId, kTokenIdLength}; }
   std::string_view name() const {
@@ -162,6 +198,7 @@ static_assert(offsetof(CacheEntry, site) == 120);
 static_assert(offsetof(CacheEntry, owned) == 152);
 static_assert(offsetof(CacheEntry, username) == 184);
 static_assert(offsetof(CacheEntry, allow) == 216);
+static_assert(offsetof(CacheEntry, userEpoch) == 360);
 static_assert(sizeof(CacheEntry) == 368);
 static_assert(sizeof(CacheEntry) % 8 == 0);
 
@@ -213,10 +250,11 @@ struct CacheStats {
   uint64_t misses = 0;
   uint64_t busy = 0;
   uint64_t inserts = 0;
-  uint64_t staleDrops = 0;      // InsertResult::Stale
-  uint64_t contendedDrops = 0;  // InsertResult::Contended
-  uint64_t evictions = 0;       // inserts that displaced another token
-  uint64_t invalidations = 0;   // entries erased by invalidate*
+  uint64_t staleDrops = 0;         // InsertResult::Stale
+  uint64_t contendedDrops = 0;     // InsertResult::Contended
+  uint64_t evictions = 0;          // inserts that displaced another token
+  uint64_t invalidations = 0;      // entries erased by invalidateToken/invalidateAll
+  uint64_t userInvalidations = 0;  // invalidateUser calls (their entries go stale, not erased)
 };
 
 namespace detail {
@@ -278,9 +316,15 @@ class Cache {
 
   // Each bumps the epoch, then erases the matching entries (taking each slot's lock), and
   // returns how many it erased. Call them after the database change is committed.
-  int invalidateToken(std::string_view tokenId);                     // the token's window
-  int invalidateUser(std::span<const uint8_t, kUuidLength> userId);  // every slot: rare
-  int invalidateAll();                                               // every slot: rare
+  int invalidateToken(std::string_view tokenId);  // the token's window
+  int invalidateAll();                            // every slot: rare
+
+  // Makes every cached entry of `userId` stale: bumps the epoch, then the user's counter in the
+  // user epoch table; lookups then answer Miss for the user's entries until they are refilled.
+  // Erases nothing, visits no slot: O(1) whatever the cache size. Entries of the few other users
+  // that share the counter go stale too (one refill each). Call it after the database change is
+  // committed.
+  void invalidateUser(std::span<const uint8_t, kUuidLength> userId);
 
   CacheStats stats() const;
 
@@ -301,6 +345,8 @@ class Cache {
   Segment segment_;
   CacheSlot* slots_ = nullptr;
   uint64_t mask_ = 0;
+  uint64_t* userEpochs_ = nullptr;  // the segment's user epoch table
+  uint64_t userMask_ = 0;
   std::unique_ptr<detail::StatShard[]> stats_;
 };
 
@@ -325,6 +371,8 @@ class CacheReader {
   SegmentView view_;
   const CacheSlot* slots_ = nullptr;
   uint64_t mask_ = 0;
+  const uint64_t* userEpochs_ = nullptr;
+  uint64_t userMask_ = 0;
 };
 
 }  // namespace tokend::shm

@@ -81,6 +81,7 @@ Result<Segment> Segment::create(const SegmentSpec& spec) {
   h->catalogVersion = spec.catalogVersion;
   h->slotCount = slotCount;
   h->generation = generation;
+  h->userEpochCount = userEpochCountFor(slotCount);
   h->epoch = 0;
 
   constexpr int kSizeSeals = F_SEAL_SHRINK | F_SEAL_GROW;
@@ -136,6 +137,11 @@ Result<SegmentView> SegmentView::attach(int fd, const SegmentSpec& expect) {
   if (expect.slotCount != 0 && h->slotCount != expect.slotCount)
     return badSegment("slot count " + std::to_string(h->slotCount) + ", expected " +
                       std::to_string(expect.slotCount));
+  // Derived from the count, so it is a power of two and the table lies inside the file checked
+  // below: a lookup's `hash & (userEpochCount - 1)` stays in bounds.
+  if (h->userEpochCount != userEpochCountFor(h->slotCount))
+    return badSegment("user epoch count " + std::to_string(h->userEpochCount) + ", expected " +
+                      std::to_string(userEpochCountFor(h->slotCount)));
   if (segmentSize(h->slotCount, h->slotSize) != fileSize)
     return badSegment("size " + std::to_string(fileSize) + " does not match " +
                       std::to_string(h->slotCount) + " slots");

@@ -6,6 +6,8 @@
 // Input: byte 0 chooses which header fields are forced valid (so the fuzzer reaches the slots),
 // byte 1 the slot count when forced, then the header's 128 bytes, then slot bytes (repeated to
 // fill the segment), and the last 10 bytes a token id to look up besides every stored one.
+// The user epoch table is zeroed, and so is every slot's userEpoch unless byte 1's top bit is set:
+// random bytes would almost never agree, and a lookup answers Miss when they do not.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -53,6 +55,7 @@ bool acceptable(const SegmentHeader& h, uint64_t fileSize, bool sealed) {
          h.layoutVersion == kLayoutVersion && h.slotSize == kSlotSize &&
          h.catalogVersion == kCatalog && h.slotCount >= kProbeWindow &&
          h.slotCount <= kMaxSlotCount && std::has_single_bit(h.slotCount) &&
+         h.userEpochCount == userEpochCountFor(h.slotCount) &&
          segmentSize(h.slotCount, h.slotSize) == fileSize;
 }
 
@@ -94,7 +97,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (flags & kFixVersion) h.layoutVersion = kLayoutVersion;
   if (flags & kFixSlotSize) h.slotSize = kSlotSize;
   if (flags & kFixCatalog) h.catalogVersion = kCatalog;
-  if (flags & kFixCount) h.slotCount = uint64_t{1} << (data[1] % 10);  // 1 .. 512
+  if (flags & kFixCount) {
+    h.slotCount = uint64_t{1} << (data[1] % 10);  // 1 .. 512
+    h.userEpochCount = userEpochCountFor(h.slotCount);
+  }
 
   uint64_t fileSize = sizeof h + rest.size();
   if (flags & kFixFileSize) {
@@ -115,6 +121,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!rest.empty()) {
     for (uint64_t off = sizeof h, i = 0; off < fileSize; ++off, ++i)
       image[off] = rest[i % rest.size()];
+  }
+  if (h.slotSize == kSlotSize && h.slotCount <= kMaxSlotCount &&
+      userEpochsOffset(h.slotCount, kSlotSize) < fileSize) {
+    const uint64_t table = userEpochsOffset(h.slotCount, kSlotSize);
+    std::memset(image.data() + table, 0, fileSize - table);
+    for (uint64_t i = 0; (data[1] & 0x80) == 0 && i < h.slotCount; ++i) {
+      const uint64_t at = kSlotsOffset + i * kSlotSize + offsetof(CacheSlot, words) +
+                          offsetof(CacheEntry, userEpoch);
+      if (at + sizeof(uint64_t) <= fileSize) std::memset(image.data() + at, 0, sizeof(uint64_t));
+    }
   }
   require(::pwrite(fd.get(), image.data(), image.size(), 0) == static_cast<ssize_t>(image.size()));
   const bool sealed = (flags & kNoSeal) == 0;

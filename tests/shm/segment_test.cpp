@@ -45,6 +45,7 @@ SegmentHeader validHeader(uint64_t slots = 16) {
   h.catalogVersion = kCatalog;
   h.slotCount = slots;
   h.generation = 42;
+  h.userEpochCount = userEpochCountFor(slots);
   return h;
 }
 
@@ -67,6 +68,19 @@ TEST_SUITE("Segment") {
     CHECK(a.generation() != b.generation());
     CHECK(a.header().epoch == 0);
     for (size_t i = 0; i < 16 * kTestSlotSize; ++i) REQUIRE(a.slots()[i] == std::byte{0});
+    REQUIRE(a.userEpochCount() == userEpochCountFor(16));
+    for (size_t i = 0; i < a.userEpochCount(); ++i) REQUIRE(a.userEpochs()[i] == 0);
+    // The table is the segment's last bytes, right after the slots.
+    CHECK(reinterpret_cast<std::byte*>(a.userEpochs() + a.userEpochCount()) ==
+          a.slots() - kSlotsOffset + a.size());
+  }
+
+  TEST_CASE("the user epoch table grows with the slot count, from a floor, in powers of two") {
+    CHECK(userEpochCountFor(8) == 4096);
+    CHECK(userEpochCountFor(uint64_t{1} << 18) == 4096);
+    CHECK(userEpochCountFor(uint64_t{1} << 20) == 16384);
+    CHECK(userEpochCountFor(kMaxSlotCount) == kMaxSlotCount / 64);
+    CHECK(segmentSize(16, kTestSlotSize) == kSlotsOffset + 16 * kTestSlotSize + 4096 * 8);
   }
 
   TEST_CASE("refuses a bad spec") {
@@ -153,6 +167,24 @@ TEST_SUITE("Segment") {
     h.layoutVersion = kLayoutVersion + 1;
     UniqueFd fd = craft(h, segmentSize(16, kTestSlotSize));
     CHECK(attachError(fd.get()).message.find("layout version") != std::string::npos);
+    // A daemon of layout 1 (no user epoch table; its file is that much shorter) is refused for
+    // its version, before its size is looked at.
+    h.layoutVersion = 1;
+    UniqueFd v1 = craft(h, kSlotsOffset + 16 * kTestSlotSize);
+    auto e = attachError(v1.get());
+    CHECK(e.code == -EPROTO);
+    CHECK(e.message.find("layout version 1, expected") != std::string::npos);
+  }
+
+  TEST_CASE("attach refuses a user epoch count that does not follow from the slot count") {
+    for (uint64_t bad : {uint64_t{0}, uint64_t{4095}, uint64_t{8192}, ~uint64_t{0}}) {
+      auto h = validHeader();
+      h.userEpochCount = bad;
+      UniqueFd fd = craft(h, segmentSize(16, kTestSlotSize));
+      auto e = attachError(fd.get());
+      CHECK(e.code == -EPROTO);
+      CHECK(e.message.find("user epoch count") != std::string::npos);
+    }
   }
 
   TEST_CASE("attach refuses a segment built for another catalog") {
