@@ -138,6 +138,7 @@ inline uint64_t userBucket(const uint8_t* userId, uint64_t mask) {
 static_assert(offsetof(CacheEntry, userId) == 12 && offsetof(CacheEntry, userEpoch) % 8 == 0,
               "readSlot takes the user id from words 1-3 and userEpoch from one word");
 constexpr size_t kUserEpochWord = offsetof(CacheEntry, userEpoch) / 8;
+static_assert(kUserEpochWord == kEntryWords - 1, "readSlot copies userEpoch last");
 
 // The user epoch table, for lookups.
 struct UserEpochs {
@@ -163,10 +164,23 @@ enum class SlotRead : uint8_t { Match, NoMatch, Busy, Stale };
     // in this slot. Skipping without waiting also keeps a busy neighbour from costing us spins.
     if (!idMatches(k, w0, w1)) return SlotRead::NoMatch;
     if ((s1 & 1) == 0) {
-      uint64_t buf[kEntryWords];
-      buf[0] = w0;
-      buf[1] = w1;
-      for (size_t i = 2; i < kEntryWords; ++i) buf[i] = at(slot.words[i]).load(kWordLoad);
+      // Straight into the caller's entry, not through a local buffer (one 368-byte copy less
+      // a hit): `out` is only the caller's once the sequence check below passes; a copy it
+      // fails is overwritten by the retry, or left behind with Miss/Busy, where `out` is
+      // unspecified. The words the user epoch check needs stay in registers.
+      char* dst = reinterpret_cast<char*>(&out);
+      const uint64_t w2 = at(slot.words[2]).load(kWordLoad);
+      const uint64_t w3 = at(slot.words[3]).load(kWordLoad);
+      std::memcpy(dst, &w0, 8);
+      std::memcpy(dst + 8, &w1, 8);
+      std::memcpy(dst + 16, &w2, 8);
+      std::memcpy(dst + 24, &w3, 8);
+      for (size_t i = 4; i < kUserEpochWord; ++i) {
+        const uint64_t w = at(slot.words[i]).load(kWordLoad);
+        std::memcpy(dst + 8 * i, &w, 8);
+      }
+      const uint64_t userEpoch = at(slot.words[kUserEpochWord]).load(kWordLoad);
+      std::memcpy(dst + 8 * kUserEpochWord, &userEpoch, 8);
       fenceBeforeRecheck();
       if (at(slot.seq).load(std::memory_order_relaxed) == s1) {
         // After the validated copy. A user change that returned before this lookup began bumped
@@ -174,12 +188,11 @@ enum class SlotRead : uint8_t { Match, NoMatch, Busy, Stale };
         // while an entry filled before it recorded an older value: stale, a miss, which the
         // daemon refills from the database. Acquire: free on x86-64, and it keeps the load
         // after the copy on weaker CPUs.
-        const uint64_t lo = (buf[1] >> 32) | (buf[2] << 32);  // user id bytes 0-7 (offset 12)
-        const uint64_t hi = (buf[2] >> 32) | (buf[3] << 32);  // bytes 8-15
+        const uint64_t lo = (w1 >> 32) | (w2 << 32);  // user id bytes 0-7 (offset 12)
+        const uint64_t hi = (w2 >> 32) | (w3 << 32);  // bytes 8-15
         const uint64_t now =
             at(users.table[userBucket(lo, hi, users.mask)]).load(std::memory_order_acquire);
-        if (now != buf[kUserEpochWord]) return SlotRead::Stale;
-        std::memcpy(&out, buf, sizeof out);
+        if (now != userEpoch) return SlotRead::Stale;
         return SlotRead::Match;
       }
     }

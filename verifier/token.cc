@@ -1,11 +1,11 @@
 // Token minting, parsing and hashing.
 #include "verifier/token.h"
 
-#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include <array>
 #include <cstdlib>
+#include <cstring>
 
 namespace tokend::verifier {
 namespace {
@@ -82,8 +82,21 @@ Digest Sha256::digest(std::string_view data) {
   return d;
 }
 
+// Four 8-byte words, not CRYPTO_memcmp's 32 bytes one by one (17 ns of a 200 ns libtokend fast
+// path, docs/benchmarks.md): still no early exit and no data-dependent branch or index. The empty
+// asm makes the accumulator opaque after each word, so the compiler can neither stop at the first
+// difference nor turn the OR of XORs into compares and branches.
 bool digestEquals(const uint8_t* a, const uint8_t* b) {
-  return CRYPTO_memcmp(a, b, 32) == 0;
+  uint64_t diff = 0;
+  for (size_t i = 0; i < 32; i += 8) {
+    uint64_t x;
+    uint64_t y;
+    std::memcpy(&x, a + i, 8);
+    std::memcpy(&y, b + i, 8);
+    diff |= x ^ y;
+    asm("" : "+r"(diff));
+  }
+  return diff == 0;
 }
 
 }  // namespace tokend::verifier

@@ -46,7 +46,7 @@ class Sha256 {
   EVP_MD* md_;
 };
 
-// Constant-time comparison of two 32-byte digests (CRYPTO_memcmp).
+// Constant-time comparison of two 32-byte digests: the OR of the XORs of their four words.
 bool digestEquals(const uint8_t* a, const uint8_t* b);
 
 }  // namespace tokend::verifier

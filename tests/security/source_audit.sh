@@ -27,9 +27,13 @@ grep -q 'return NewToken{randomAlnum(kTokenIdLength), randomAlnum(kSecretLength)
 if hits=$(grep -rn 'randomAlnum(' "${dirs[@]}" | grep -v '^verifier/token\.[ch]'); then
   problem "secrets minted outside verifier/token.cc:"$'\n'"$hits"
 fi
-# 3. Secret hashes are compared only by digestEquals, which is CRYPTO_memcmp.
-grep -q 'return CRYPTO_memcmp(a, b, 32) == 0;' verifier/token.cc ||
-  problem "digestEquals is no longer CRYPTO_memcmp (verifier/token.cc)"
+# 3. Secret hashes are compared only by digestEquals, which ORs the XORs of the four words of
+#    the digests behind an optimisation barrier and tests the result once, after the loop.
+body=$(sed -n '/^bool digestEquals(const uint8_t\* a, const uint8_t\* b) {$/,/^}$/p' verifier/token.cc)
+grep -q 'diff |= x ^ y;' <<<"$body" && grep -qF 'asm("" : "+r"(diff));' <<<"$body" &&
+  [[ $(grep -c 'return' <<<"$body") == 1 ]] && grep -q 'return diff == 0;' <<<"$body" &&
+  ! grep -qE '\b(if|while|break|goto)\b|\?' <<<"$body" ||
+  problem "digestEquals is no longer the branch-free OR of XORs (verifier/token.cc)"
 if hits=$(grep -rnE 'secretHash\s*[!=]=|[!=]=\s*[a-zA-Z_.>-]*secretHash|memcmp\([^)]*([Hh]ash|[Dd]igest|secret)|(presented|digest)[a-zA-Z_]*\s*[!=]=' \
   "${dirs[@]}" | grep -v CRYPTO_memcmp | grep -vE '^\S+:[0-9]+:\s*//'); then
   problem "secret hashes compared other than in constant time:"$'\n'"$hits"
