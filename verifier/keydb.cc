@@ -12,8 +12,10 @@
 #include <cstring>
 
 #include "base/scope_exit.h"
+#include "verifier/keydb_internal.h"
 
 namespace tokend::verifier {
+using namespace keydb_internal;
 namespace {
 
 constexpr const char* kMetaSchema = "schema";
@@ -64,15 +66,6 @@ Error mdbError(const std::string& what, int rc) {
   return Error{-errnoOf(rc), "Failed to " + what + ": " + mdb_strerror(rc)};
 }
 
-MDB_val val(std::string_view s) {
-  return MDB_val{s.size(), const_cast<char*>(s.data())};
-}
-std::string_view view(const MDB_val& v) {
-  return {static_cast<const char*>(v.mv_data), v.mv_size};
-}
-std::string_view uuidKey(const Uuid& u) {
-  return {reinterpret_cast<const char*>(u.bytes.data()), u.bytes.size()};
-}
 std::string pairKey(const Uuid& u, std::string_view tail) {
   std::string k(uuidKey(u));
   k.append(tail);
@@ -82,9 +75,6 @@ Uuid uuidFrom(std::string_view bytes) {
   Uuid u;
   std::memcpy(u.bytes.data(), bytes.data(), u.bytes.size());
   return u;
-}
-std::string quoted(std::string_view s) {
-  return "\"" + std::string(s) + "\"";
 }
 
 // Changelog keys are big-endian so that LMDB's byte order is txn order.
@@ -107,15 +97,6 @@ uint64_t fromLe(std::string_view s) {
   uint64_t v = 0;
   for (size_t i = s.size(); i-- > 0;) v = v << 8 | static_cast<unsigned char>(s[i]);
   return v;
-}
-
-bool validTokenId(std::string_view id) {
-  if (id.size() != kTokenIdLength) return false;
-  for (char c : id) {
-    bool alnum = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
-    if (!alnum) return false;
-  }
-  return true;
 }
 
 size_t pageRound(size_t n) {
@@ -147,23 +128,6 @@ Result<void> makeDirs(const std::string& dir) {
   }
   return {};
 }
-
-// Closes a cursor when the scope ends: read-only transactions do not close their cursors.
-class Cursor {
- public:
-  Cursor() = default;
-  Cursor(const Cursor&) = delete;
-  Cursor& operator=(const Cursor&) = delete;
-  ~Cursor() {
-    if (c_) mdb_cursor_close(c_);
-  }
-  int open(MDB_txn* txn, MDB_dbi dbi) { return mdb_cursor_open(txn, dbi, &c_); }
-  int get(MDB_val& k, MDB_val& v, MDB_cursor_op op) { return mdb_cursor_get(c_, &k, &v, op); }
-  MDB_cursor* raw() { return c_; }
-
- private:
-  MDB_cursor* c_ = nullptr;
-};
 
 Result<void> notLive(const char* what) {
   return makeError(std::string("Failed to ") + what + ": no transaction is active");

@@ -12,58 +12,14 @@
 #include <tuple>
 
 #include "verifier/keydb.h"
+#include "verifier/keydb_internal.h"
 
 namespace tokend::verifier {
+using namespace keydb_internal;
 namespace {
 
 constexpr size_t kUuidSize = 16;
 constexpr size_t kPrefetch = 8;  // records fetched ahead of the one being written
-
-MDB_val val(std::string_view s) {
-  return MDB_val{s.size(), const_cast<char*>(s.data())};
-}
-std::string_view view(const MDB_val& v) {
-  return {static_cast<const char*>(v.mv_data), v.mv_size};
-}
-std::string_view uuidKey(const Uuid& u) {
-  return {reinterpret_cast<const char*>(u.bytes.data()), u.bytes.size()};
-}
-std::string quoted(std::string_view s) {
-  return "\"" + std::string(s) + "\"";
-}
-bool validTokenId(std::string_view id) {
-  if (id.size() != kTokenIdLength) return false;
-  for (char c : id) {
-    bool alnum = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
-    if (!alnum) return false;
-  }
-  return true;
-}
-
-// Closes a cursor when the scope ends.
-class Cursor {
- public:
-  Cursor() = default;
-  Cursor(const Cursor&) = delete;
-  Cursor& operator=(const Cursor&) = delete;
-  ~Cursor() {
-    if (c_) mdb_cursor_close(c_);
-  }
-  int open(MDB_txn* txn, MDB_dbi dbi) { return mdb_cursor_open(txn, dbi, &c_); }
-  MDB_cursor* raw() { return c_; }
-  // The database's last key, or empty when it has none.
-  int lastKey(std::string& out) {
-    MDB_val k, v;
-    int rc = mdb_cursor_get(c_, &k, &v, MDB_LAST);
-    out.clear();
-    if (rc == MDB_NOTFOUND) return 0;
-    if (rc == 0) out.assign(view(k));
-    return rc;
-  }
-
- private:
-  MDB_cursor* c_ = nullptr;
-};
 
 // Puts key -> value through `c`: with MDB_APPEND when the key sorts after `last` (the database's
 // last key when the cursor was opened; keys come in increasing order), else `flags`.
