@@ -7,29 +7,12 @@
 #include <string_view>
 #include <vector>
 
+#include "tests/fuzz/fuzz_support.h"
 #include "verifier/allow_list.h"
 
 using namespace tokend::verifier;
-
-namespace {
-
-// A failed invariant must stop the fuzzer with a crash it can minimise, whatever NDEBUG says.
-void require(bool ok) {
-  if (!ok) __builtin_trap();
-}
-
-std::vector<std::string> lines(std::string_view in) {
-  std::vector<std::string> out;
-  while (!in.empty()) {
-    size_t nl = in.find('\n');
-    out.emplace_back(in.substr(0, nl));
-    if (nl == std::string_view::npos) break;
-    in.remove_prefix(nl + 1);
-  }
-  return out;
-}
-
-}  // namespace
+using tokend::fuzz::lines;
+using tokend::fuzz::require;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size > 16384) return 0;

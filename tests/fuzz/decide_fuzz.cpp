@@ -9,17 +9,14 @@
 #include <string_view>
 
 #include "shm/codec.h"
+#include "tests/fuzz/fuzz_support.h"
 #include "verifier/lifetime.h"
 
 using namespace tokend;
 using namespace tokend::verifier;
+using tokend::fuzz::require;
 
 namespace {
-
-// A failed invariant must stop the fuzzer with a crash it can minimise, whatever NDEBUG says.
-void require(bool ok) {
-  if (!ok) __builtin_trap();
-}
 
 // Takes bytes from the front of the input; zeros once it runs out.
 class Bytes {

@@ -6,15 +6,9 @@
 #include <string_view>
 
 #include "base/duration.h"
+#include "tests/fuzz/fuzz_support.h"
 
-namespace {
-
-// A failed invariant must stop the fuzzer with a crash it can minimise, whatever NDEBUG says.
-void require(bool ok) {
-  if (!ok) __builtin_trap();
-}
-
-}  // namespace
+using tokend::fuzz::require;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view in(reinterpret_cast<const char*>(data), size);

@@ -22,18 +22,15 @@
 #include "daemon/management.h"
 #include "daemon/service.h"
 #include "shm/cache.h"
+#include "tests/fuzz/fuzz_support.h"
 #include "verifier/catalog.h"
 #include "verifier/manage.h"
 
 using namespace tokend;
 using namespace tokend::daemon;
+using tokend::fuzz::require;
 
 namespace {
-
-// A failed invariant must stop the fuzzer with a crash it can minimise, whatever NDEBUG says.
-void require(bool ok) {
-  if (!ok) __builtin_trap();
-}
 
 constexpr int kRunsPerWorld = 2000;
 

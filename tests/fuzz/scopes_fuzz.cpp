@@ -6,35 +6,18 @@
 #include <string_view>
 #include <vector>
 
+#include "tests/fuzz/fuzz_support.h"
 #include "verifier/scopes.h"
 
 using namespace tokend::verifier;
-
-namespace {
-
-// A failed invariant must stop the fuzzer with a crash it can minimise, whatever NDEBUG says.
-void require(bool ok) {
-  if (!ok) __builtin_trap();
-}
-
-// The input as newline-separated values, each of which may hold a comma-separated list.
-std::vector<std::string> values(std::string_view in) {
-  std::vector<std::string> out;
-  while (!in.empty()) {
-    size_t nl = in.find('\n');
-    out.emplace_back(in.substr(0, nl));
-    if (nl == std::string_view::npos) break;
-    in.remove_prefix(nl + 1);
-  }
-  return out;
-}
-
-}  // namespace
+using tokend::fuzz::lines;
+using tokend::fuzz::require;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size > 4096) return 0;  // the API body is bounded; longer lists only cost time
   std::string_view in(reinterpret_cast<const char*>(data), size);
-  std::vector<std::string> names = splitList(values(in));
+  // Newline-separated values, each of which may hold a comma-separated list.
+  std::vector<std::string> names = splitList(lines(in));
   for (const std::string& n : names) {
     require(!n.empty() && n.find(',') == std::string::npos);
     require(n.front() != ' ' && n.back() != ' ');

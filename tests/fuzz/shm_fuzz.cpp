@@ -23,16 +23,13 @@
 #include "base/unique_fd.h"
 #include "shm/cache.h"
 #include "shm/codec.h"
+#include "tests/fuzz/fuzz_support.h"
 
 using namespace tokend;
 using namespace tokend::shm;
+using tokend::fuzz::require;
 
 namespace {
-
-// A failed invariant must stop the fuzzer with a crash it can minimise, whatever NDEBUG says.
-void require(bool ok) {
-  if (!ok) __builtin_trap();
-}
 
 constexpr uint64_t kCatalog = 0x5eed5eed5eed5eedULL;
 // Bigger segments only cost time: the reader's bounds come from the header either way.

@@ -6,15 +6,12 @@
 
 #include "daemon/query.h"
 #include "daemon/text_protocol.h"
+#include "tests/fuzz/fuzz_support.h"
 
 using namespace tokend::daemon;
+using tokend::fuzz::require;
 
 namespace {
-
-// A failed invariant must stop the fuzzer with a crash it can minimise, whatever NDEBUG says.
-void require(bool ok) {
-  if (!ok) __builtin_trap();
-}
 
 bool within(std::string_view inner, std::string_view outer) {
   return inner.empty() || (inner.data() >= outer.data() &&

@@ -4,16 +4,13 @@
 #include <string>
 #include <string_view>
 
+#include "tests/fuzz/fuzz_support.h"
 #include "verifier/token.h"
 
 using namespace tokend::verifier;
+using tokend::fuzz::require;
 
 namespace {
-
-// A failed invariant must stop the fuzzer with a crash it can minimise, whatever NDEBUG says.
-void require(bool ok) {
-  if (!ok) __builtin_trap();
-}
 
 bool alnum(char c) {
   return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
