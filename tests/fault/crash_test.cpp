@@ -33,9 +33,7 @@ int randomMs(int lo, int hi) {
 }
 
 void requireConsistent(const DbCheck& c) {
-  std::string all;
-  for (const std::string& p : c.problems) all += p + "\n";
-  INFO(all);
+  INFO(c.report());
   REQUIRE(c.problems.empty());
 }
 

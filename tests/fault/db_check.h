@@ -13,6 +13,13 @@ struct DbCheck {
   std::vector<std::string> problems;  // empty when the database is consistent
   std::map<std::string, verifier::TokenRecord> tokens;
   std::map<std::string, verifier::UserRecord> users;  // by username
+
+  // The problems, one a line, for a test's failure message.
+  std::string report() const {
+    std::string all;
+    for (const std::string& p : problems) all += p + "\n";
+    return all;
+  }
 };
 
 // Opens the database in `dataDir` read-only (as a second process would, while or after tokend

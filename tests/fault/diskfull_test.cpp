@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "tests/fault/db_check.h"
+#include "tests/fault/fill.h"
 #include "tests/support/daemon.h"
 #include "tests/support/http_client.h"
 
@@ -23,18 +24,6 @@ using namespace tokend::test;
 using Json = nlohmann::json;
 
 namespace {
-
-std::string bigToken(int n) {
-  Json allow = Json::array();
-  for (int i = 0; i < 128; ++i) {
-    char id[37];
-    std::snprintf(id, sizeof id, "%08x-0000-4000-8000-%012x", n, i);
-    allow.push_back(std::string("workspace:") + id);
-  }
-  return Json{
-      {"token_name", "fill-" + std::to_string(n)}, {"allow_list", allow}, {"lifetime", 3600}}
-      .dump();
-}
 
 // A tmpfs of `size` mounted on a fresh directory, unmounted (lazily) on destruction.
 class SmallDisk {
@@ -71,25 +60,17 @@ TEST_SUITE("DiskFull") {
       std::ofstream f(ballast);
       f << std::string(640 * 1024, 'x');
     }
-    const std::string base = "/api/v2/users/me/keys/tokens";
+    const std::string base = kTokensPath;
     {
       Daemon d(
           {"--data-dir", disk.path() + "/data", "--threads", "2", "--writeback-interval-ms", "20"});
       const std::string admin = d.adminToken();
       REQUIRE(admin.size() == 33);
 
-      std::vector<std::string> ids, keys;
-      HttpReply full;
-      for (int n = 0; n < 2000; ++n) {
-        HttpReply r = httpRequest(d.socket(), "POST", base, admin, bigToken(n));
-        if (r.status != 201) {
-          full = r;
-          break;
-        }
-        Json j = Json::parse(r.body);
-        ids.push_back(j["id"]);
-        keys.push_back(j["key"]);
-      }
+      Filled filled = fillUntilRefused(d, admin);
+      const std::vector<std::string>& ids = filled.ids;
+      const std::vector<std::string>& keys = filled.keys;
+      const HttpReply& full = filled.refusal;
       INFO("created ", ids.size(), " tokens before the disk filled; answer: ", full.body);
       REQUIRE(full.status == 507);
       REQUIRE(!ids.empty());
@@ -118,9 +99,7 @@ TEST_SUITE("DiskFull") {
       CHECK(list.status == 200);
       CHECK(Json::parse(list.body).size() == ids.size() + 1);
       DbCheck c = checkDatabase(d.dataDir());
-      std::string problems;
-      for (const auto& p : c.problems) problems += p + "\n";
-      INFO(problems);
+      INFO(c.report());
       CHECK(c.problems.empty());
 
       // Space freed: writes resume, through the daemon and through tokenctl.

@@ -8,28 +8,12 @@
 #include <vector>
 
 #include "tests/fault/db_check.h"
+#include "tests/fault/fill.h"
 #include "tests/support/daemon.h"
 #include "tests/support/http_client.h"
 
 using namespace tokend::test;
 using Json = nlohmann::json;
-
-namespace {
-
-// A token creation whose record is several KiB: 128 allow-list entries.
-std::string bigToken(int n) {
-  Json allow = Json::array();
-  for (int i = 0; i < 128; ++i) {
-    char id[37];
-    std::snprintf(id, sizeof id, "%08x-0000-4000-8000-%012x", n, i);
-    allow.push_back(std::string("workspace:") + id);
-  }
-  return Json{
-      {"token_name", "fill-" + std::to_string(n)}, {"allow_list", allow}, {"lifetime", 3600}}
-      .dump();
-}
-
-}  // namespace
 
 TEST_SUITE("MapFull") {
   TEST_CASE(
@@ -37,20 +21,12 @@ TEST_SUITE("MapFull") {
     Daemon d({"--max-db-size", "1M", "--threads", "2", "--writeback-interval-ms", "20"});
     const std::string admin = d.adminToken();
     REQUIRE(admin.size() == 33);
-    const std::string base = "/api/v2/users/me/keys/tokens";
+    const std::string base = kTokensPath;
 
-    std::vector<std::string> ids, keys;
-    HttpReply full;
-    for (int n = 0; n < 2000; ++n) {
-      HttpReply r = httpRequest(d.socket(), "POST", base, admin, bigToken(n));
-      if (r.status != 201) {
-        full = r;
-        break;
-      }
-      Json j = Json::parse(r.body);
-      ids.push_back(j["id"]);
-      keys.push_back(j["key"]);
-    }
+    Filled filled = fillUntilRefused(d, admin);
+    const std::vector<std::string>& ids = filled.ids;
+    const std::vector<std::string>& keys = filled.keys;
+    const HttpReply& full = filled.refusal;
     INFO("created ", ids.size(), " tokens before the map filled; answer: ", full.body);
     REQUIRE(full.status == 507);
     REQUIRE(ids.size() > 10);
@@ -71,9 +47,7 @@ TEST_SUITE("MapFull") {
     // Refused again, the same way, and nothing half-written.
     CHECK(httpRequest(d.socket(), "POST", base, admin, bigToken(9999)).status == 507);
     DbCheck c = checkDatabase(d.dataDir());
-    std::string problems;
-    for (const auto& p : c.problems) problems += p + "\n";
-    INFO(problems);
+    INFO(c.report());
     CHECK(c.problems.empty());
     CHECK(c.tokens.size() == ids.size() + 1);
 
