@@ -1,29 +1,14 @@
 // Tests for Writer::insertNewTokens, the key database's bulk-loading path (tokenctl import).
 #include <doctest/doctest.h>
-#include <stdlib.h>
 
-#include <filesystem>
-
+#include "tests/support/process.h"
 #include "verifier/keydb.h"
 
 using namespace tokend;
 using namespace tokend::verifier;
+using tokend::test::TempDir;
 
 namespace {
-
-struct TempDir {
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/keydb_bulk_test.XXXXXX";
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string path;
-};
 
 UserRecord makeUser(const std::string& name) {
   UserRecord u;
@@ -93,7 +78,7 @@ Result<void> insert(KeyDb& db, std::span<const NewTokenRef> refs, size_t& failed
 TEST_SUITE("KeyDbBulk") {
   TEST_CASE("tokens inserted in bulk read back with their indexes, before and after existing ids") {
     TempDir dir;
-    auto db = openDb(dir.path);
+    auto db = openDb(dir.path());
     std::vector<UserRecord> users = {makeUser("ann"), makeUser("ben")};
     REQUIRE(db->update([&](Writer& w) -> Result<void> {
       for (const auto& u : users)
@@ -137,7 +122,7 @@ TEST_SUITE("KeyDbBulk") {
 
   TEST_CASE("a taken id, a taken name or a missing user refuses the call and names the token") {
     TempDir dir;
-    auto db = openDb(dir.path);
+    auto db = openDb(dir.path());
     std::vector<UserRecord> users = {makeUser("cat")};
     REQUIRE(db->update([&](Writer& w) { return w.putUser(users[0]); }));
     size_t failedAt = 0;
@@ -180,7 +165,7 @@ TEST_SUITE("KeyDbBulk") {
 
   TEST_CASE("ids out of order are refused") {
     TempDir dir;
-    auto db = openDb(dir.path);
+    auto db = openDb(dir.path());
     UserRecord u = makeUser("dan");
     REQUIRE(db->update([&](Writer& w) { return w.putUser(u); }));
     std::string a = encodeToken(TokenRecord{});
