@@ -2,6 +2,7 @@
 // shared-memory cache, the socket, the workers, and an orderly shutdown on SIGTERM/SIGINT.
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/socket.h>
@@ -148,6 +149,7 @@ int run(int argc, char** argv) {
   service.start();
 
   std::thread signalThread([&] {
+    pthread_setname_np(pthread_self(), "tokend-signals");
     int sig = 0;
     sigwait(&signals, &sig);
     log::info("Received {}: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");

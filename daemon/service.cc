@@ -1,6 +1,8 @@
 // The verification path, the changelog watcher and the write-back.
 #include "daemon/service.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cstring>
 #include <unordered_map>
@@ -257,6 +259,8 @@ void Service::pollChanges(Reader& reader) {
 }
 
 void Service::watch() {
+  // Named for top -H and for the tests, which read its run-queue wait in /proc (SPEC 6's bound).
+  pthread_setname_np(pthread_self(), "tokend-watcher");
   auto reader = db_.reader();
   if (!reader) {
     log::error("Failed to open a reader for the changelog watcher: {}", reader.error().message);
@@ -275,6 +279,7 @@ void Service::watch() {
 void Service::writeback() {
   // A database that refuses writes (a full disk) fails every round: log the first failure, then
   // at most once a minute, and the recovery, instead of a line every interval.
+  pthread_setname_np(pthread_self(), "tokend-writer");
   bool failing = false;
   int64_t loggedAt = 0;
   std::unique_lock lock(stopMu_);

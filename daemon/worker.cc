@@ -1,6 +1,7 @@
 // Worker: admission, retirement and the thread-per-worker Server shared by both backends.
 #include "daemon/worker.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -62,6 +63,7 @@ Result<std::unique_ptr<Server>> WorkerServer::launch(std::unique_ptr<LoopShared>
 }
 
 void WorkerServer::body(Worker& worker) {
+  pthread_setname_np(pthread_self(), "tokend-worker");
   auto init = worker.init();
   std::unique_lock lock(mutex_);
   if (!init && !initError_) initError_ = init.error();
