@@ -23,6 +23,7 @@ class Daemon {
   // SIGTERM; returns the exit status.
   int stop();
   bool running() const { return child_.pid > 0; }
+  pid_t pid() const { return child_.pid; }
 
   // The admin's first token, printed by the first start on a fresh data dir.
   const std::string& adminToken() const { return adminToken_; }

@@ -1,5 +1,6 @@
 // A child process verifying through shared memory in a tight loop while the parent revokes
-// tokens with tokenctl: nothing that starts more than 10 ms after the commit succeeds.
+// tokens with tokenctl: nothing that starts more than 10 ms after the commit succeeds (plus any
+// time the machine kept tokend's changelog watcher from running, which /proc tells).
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <sys/wait.h>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -131,15 +133,26 @@ TEST_SUITE("Revocation") {
     char one = 0;
     REQUIRE(readAll(ready[0], &one, 1));
 
+    // Each revocation is allowed SPEC 6's 10 ms plus the time the machine kept tokend's watcher
+    // from running (tests/support/process.h), measured from tokenctl's exit until the next
+    // revocation 30 ms later.
+    const auto bound = tokend::test::revocationBound(d.pid());
     std::vector<long long> committedBy(cases.size(), 0);
+    std::vector<std::chrono::nanoseconds> starvedFor(cases.size());
+    std::optional<tokend::test::Starvation> starved;
+    size_t measuring = 0;
     for (size_t i = 0; i < cases.size(); ++i) {
       if (cases[i].revoke.empty()) continue;
       std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      if (starved) starvedFor[measuring] = starved->sinceStart();
       d.ctl(cases[i].revoke);
       // The commit happened before tokenctl exited: this bounds it from above.
       committedBy[i] = monoNanos();
+      starved.emplace(d.pid(), "tokend-watcher");
+      measuring = i;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (starved) starvedFor[measuring] = starved->sinceStart();
     ::close(stop[1]);
     std::vector<Seen> seen(cases.size());
     const bool got = readAll(out[0], seen.data(), seen.size() * sizeof(Seen));
@@ -160,8 +173,9 @@ TEST_SUITE("Revocation") {
       if (committedBy[i] != 0) {
         const long long late = s.lastAllowedStart - committedBy[i];
         MESSAGE("token ", i, " (", cases[i].revoke[0], " ", cases[i].revoke[1],
-                "): last success started ", late / 1000, " us after tokenctl exited");
-        CHECK(late <= 10 * kMs);
+                "): last success started ", late / 1000, " us after tokenctl exited; ",
+                "tokend's watcher was kept from running for ", starvedFor[i].count() / 1000, " us");
+        CHECK(late <= bound.count() * kMs + starvedFor[i].count());
       } else {
         // The control token kept verifying to the end.
         CHECK(s.lastAllowedStart > *std::max_element(committedBy.begin(), committedBy.end()));

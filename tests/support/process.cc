@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -161,6 +163,68 @@ bool sanitized(pid_t pid) {
       return true;
   }
   return false;
+}
+
+std::chrono::milliseconds revocationBound(pid_t daemon) {
+  return std::chrono::milliseconds(sanitized(daemon) ? 200 : 10);
+}
+
+namespace {
+
+// The second field of a schedstat line: nanoseconds spent runnable but not running.
+long long runQueueWait(const std::string& path) {
+  if (path.empty()) return 0;
+  std::ifstream in(path);
+  long long onCpu = 0, waiting = 0;
+  if (!(in >> onCpu >> waiting)) return 0;
+  return waiting;
+}
+
+// Each CPU's steal time in clock ticks (/proc/stat's "cpuN" lines, the eighth number).
+std::vector<long long> stealTicks() {
+  std::ifstream in("/proc/stat");
+  std::vector<long long> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("cpu", 0) != 0 || line.size() < 4 ||
+        !std::isdigit(static_cast<unsigned char>(line[3])))
+      continue;
+    std::istringstream fields(line);
+    std::string name;
+    long long v[8] = {};
+    fields >> name;
+    for (long long& x : v) fields >> x;
+    out.push_back(fields ? v[7] : 0);
+  }
+  return out;
+}
+
+}  // namespace
+
+Starvation::Starvation(pid_t pid, const std::string& threadName) {
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  std::error_code ec;
+  for (const auto& t : std::filesystem::directory_iterator(tasks, ec)) {
+    std::string comm = readFile(t.path().string() + "/comm");
+    while (!comm.empty() && comm.back() == '\n') comm.pop_back();
+    if (comm == threadName) {
+      schedstat_ = t.path().string() + "/schedstat";
+      break;
+    }
+  }
+  waitAtStart_ = runQueueWait(schedstat_);
+  stealAtStart_ = stealTicks();
+}
+
+std::chrono::nanoseconds Starvation::sinceStart() const {
+  long long stolen = 0;
+  const std::vector<long long> now = stealTicks();
+  for (size_t i = 0; i < now.size() && i < stealAtStart_.size(); ++i)
+    stolen = std::max(stolen, now[i] - stealAtStart_[i]);
+  // A tick's worth more when any was seen: the counter shows whole ticks, the steal was more.
+  if (stolen > 0) ++stolen;
+  const long long tickNanos = 1000000000LL / ::sysconf(_SC_CLK_TCK);
+  return std::chrono::nanoseconds(runQueueWait(schedstat_) - waitAtStart_ + stolen * tickNanos);
 }
 
 }  // namespace tokend::test

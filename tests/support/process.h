@@ -3,6 +3,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <map>
 #include <string>
 #include <vector>
@@ -61,5 +62,29 @@ inline long rssKiB(pid_t pid) {
 // Whether a running process has a sanitizer runtime mapped (ASan or TSan): its memory figures
 // then include the runtime's quarantine and shadow, and its timing is several times slower.
 bool sanitized(pid_t pid);
+
+// How long after a revocation commits the test lets tokend go on answering OK: SPEC 6's 10 ms,
+// or 200 ms when `daemon` runs under a sanitizer runtime (there the tests check the ordering, not
+// the figure). Add Starvation's figure: time the machine did not give tokend is not tokend's.
+std::chrono::milliseconds revocationBound(pid_t daemon);
+
+// Time the machine kept a thread from running since construction: the thread's wait on the run
+// queue (/proc/<pid>/task/<tid>/schedstat, the guest's scheduler) plus the steal time of the CPU
+// that lost the most to the host (/proc/stat: a virtual machine's vCPU taken away; that counter
+// moves in 10 ms clock ticks, so a tick is added when it moved, and less than a tick can go
+// unseen). For tokend's changelog watcher ("tokend-watcher"): on a shared two-core machine it can
+// be left runnable, or its vCPU descheduled, for longer than SPEC 6's 10 ms, and a revocation then
+// shows late through no fault of tokend's. No thread of that name: its run-queue part is zero.
+class Starvation {
+ public:
+  Starvation(pid_t pid, const std::string& threadName);
+  std::chrono::nanoseconds sinceStart() const;
+  bool threadFound() const { return !schedstat_.empty(); }
+
+ private:
+  std::string schedstat_;  // the thread's schedstat path; empty when not found
+  long long waitAtStart_ = 0;
+  std::vector<long long> stealAtStart_;
+};
 
 }  // namespace tokend::test
