@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <functional>
+#include <initializer_list>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +34,15 @@ std::chrono::nanoseconds threadCpuTime() {
   timespec ts{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+// Runs each of `bodies` on a thread of its own for a second, then sets `stop` and joins them.
+void runForASecond(std::atomic<bool>& stop, std::initializer_list<std::function<void()>> bodies) {
+  std::vector<std::thread> threads;
+  for (const auto& body : bodies) threads.emplace_back(body);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  stop = true;
+  for (auto& t : threads) t.join();
 }
 
 CacheReader attachReader(const Cache& cache) {
@@ -471,16 +482,8 @@ TEST_SUITE("Cache") {
       }
     };
 
-    std::vector<std::thread> threads;
-    threads.emplace_back(writer, 1);
-    threads.emplace_back(writer, 2);
-    threads.emplace_back(invalidator);
-    threads.emplace_back(reader, true);
-    threads.emplace_back(reader, false);
-    threads.emplace_back(reader, false);
-    std::this_thread::sleep_for(std::chrono::seconds(1));
-    stop = true;
-    for (auto& t : threads) t.join();
+    runForASecond(stop, {[&] { writer(1); }, [&] { writer(2); }, invalidator, [&] { reader(true); },
+                         [&] { reader(false); }, [&] { reader(false); }});
 
     MESSAGE("writes " << writes.load() << ", hits " << hits.load() << ", stats: inserts "
                       << c.stats().inserts << ", contended " << c.stats().contendedDrops
@@ -534,15 +537,8 @@ TEST_SUITE("Cache") {
       }
     };
 
-    std::vector<std::thread> threads;
-    threads.emplace_back(filler, 0);
-    threads.emplace_back(filler, 7);
-    threads.emplace_back(changer);
-    threads.emplace_back(reader, true);
-    threads.emplace_back(reader, false);
-    std::this_thread::sleep_for(std::chrono::seconds(1));
-    stop = true;
-    for (auto& t : threads) t.join();
+    runForASecond(stop, {[&] { filler(0); }, [&] { filler(7); }, changer, [&] { reader(true); },
+                         [&] { reader(false); }});
 
     MESSAGE("changes " << changes.load() << ", hits " << hits.load() << ", inserts "
                        << c.stats().inserts << ", stale drops " << c.stats().staleDrops);
