@@ -6,13 +6,13 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <functional>
 #include <string>
 #include <thread>
 
 #include "tests/client/daemon.h"
 
 using tokend::test::Daemon;
+using tokend::test::waitFor;
 
 namespace {
 
@@ -32,15 +32,6 @@ tokend_result warm(tokend_client* c, const std::string& tok) {
 
 long long us(std::chrono::nanoseconds d) {
   return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
-}
-
-bool waitFor(const std::function<bool()>& cond, int ms) {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(ms);
-  while (!cond()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return true;
 }
 
 }  // namespace
@@ -75,7 +66,8 @@ TEST_SUITE("Restart") {
     SUBCASE("while it is down, nothing is answered from the stale segment") {
       REQUIRE(d.stop() == 0);
       // The background thread sees the daemon's end close at once.
-      CHECK(waitFor([&] { return tokend_shm_state(c) != TOKEND_SHM_MAPPED; }, 500));
+      CHECK(waitFor([&] { return tokend_shm_state(c) != TOKEND_SHM_MAPPED; },
+                    std::chrono::milliseconds(500)));
       tokend_result r;
       int rc = tokend_verify(c, keep.c_str(), nullptr, nullptr, nullptr, &r);
       CHECK((rc == -ECONNREFUSED || rc == -ENOENT));

@@ -8,7 +8,6 @@
 
 #include <chrono>
 #include <cstdlib>
-#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -136,23 +135,13 @@ std::vector<Case> everyReason(const World& w) {
   };
 }
 
-// Asks `line` until the answer starts with `prefix` or `waiting()` turns false; the last answer.
-std::string askUntil(Daemon& d, const std::string& line, const std::string& prefix,
-                     const std::function<bool()>& waiting) {
-  std::string answer = d.text(line);
-  while (answer.rfind(prefix, 0) != 0 && waiting()) {
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-    answer = d.text(line);
-  }
-  return answer;
-}
-
 // The answer to `line` once a change tokenctl just committed has reached tokend: asked until it
 // starts with `prefix`, for at most 2 s. These tests check what a change does; how soon it shows
 // is the 10 ms test's to check.
 std::string afterChange(Daemon& d, const std::string& line, const std::string& prefix) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  return askUntil(d, line, prefix, [&] { return std::chrono::steady_clock::now() < until; });
+  std::string answer;
+  waitFor([&] { return (answer = d.text(line)).rfind(prefix, 0) == 0; }, std::chrono::seconds(2));
+  return answer;
 }
 
 int statusOf(const std::string& reason) {
@@ -366,10 +355,13 @@ TEST_SUITE("Daemon") {
       // tokenctl has exited, so its commit is at least this old. Still allowed after that only
       // while the machine kept tokend's watcher from running (tests/support/process.h).
       std::this_thread::sleep_for(bound);
-      const std::string answer = askUntil(w.d, "VERIFY " + t, "DENY ", [&] {
-        return std::chrono::steady_clock::now() < committed + bound + starved.sinceStart();
+      std::string answer;
+      waitFor([&] {
+        answer = w.d.text("VERIFY " + t);
+        return answer.rfind("DENY ", 0) == 0 ||
+               std::chrono::steady_clock::now() >= committed + bound + starved.sinceStart();
       });
-      CAPTURE(how);
+      INFO("how: ", how);
       INFO("tokend's watcher was kept from running for ", starved.sinceStart().count() / 1000,
            " us");
       CHECK(answer.rfind("DENY ", 0) == 0);

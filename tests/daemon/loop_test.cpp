@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include "tests/support/alloc_counter.h"
+#include "tests/support/process.h"
 
 #include <atomic>
 #include <cerrno>
@@ -33,6 +34,7 @@ using tokend::daemon::PeerCred;
 using tokend::daemon::Server;
 using tokend::daemon::Session;
 using tokend::daemon::SessionFactory;
+using tokend::test::waitFor;
 
 namespace {
 
@@ -101,15 +103,6 @@ After EchoSession::onInput(std::string_view in, size_t& consumed, Output& out) {
 
 const char* nameOf(Backend b) {
   return b == Backend::Uring ? "io_uring" : "epoll";
-}
-
-bool waitFor(const std::function<bool()>& cond, std::chrono::milliseconds limit = 5s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!cond()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
 }
 
 // A listening socket in a temporary directory and a Server running on its own thread.

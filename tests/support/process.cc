@@ -15,6 +15,7 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 namespace tokend::test {
 namespace {
@@ -163,6 +164,15 @@ bool sanitized(pid_t pid) {
       return true;
   }
   return false;
+}
+
+bool waitFor(const std::function<bool()>& cond, std::chrono::milliseconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
 }
 
 std::chrono::milliseconds revocationBound(pid_t daemon) {

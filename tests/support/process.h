@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -51,6 +52,10 @@ class TempDir {
 std::string programPath(const char* name);
 
 std::string readFile(const std::string& path);
+
+// Polls `cond` every millisecond until it holds (true) or `limit` has passed (false).
+bool waitFor(const std::function<bool()>& cond,
+             std::chrono::milliseconds limit = std::chrono::seconds(5));
 
 // A "<field>: <n> kB" line of /proc/<pid>/status (VmRSS, RssAnon, ...), in KiB; -1 when it
 // cannot be read. RssAnon is the heap and stacks, without mapped files such as the database.
