@@ -2,11 +2,13 @@
 #include "verifier/manage.h"
 
 #include <fmt/format.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
 
 #include "verifier/allow_list.h"
+#include "verifier/reach.h"
 #include "verifier/scopes.h"
 #include "verifier/token.h"
 
@@ -29,8 +31,35 @@ uint32_t randomU32() {
   return v;
 }
 
+// `ref` must already be fit to show (redactTokenRef for token refs).
 Error notFound(std::string_view what, std::string_view ref) {
   return makeError(fmt::format("{} \"{}\" not found", what, ref), -ENOENT);
+}
+
+// Whether a user other than `id` is an active owner.
+Result<bool> anotherActiveOwner(Txn& txn, const Uuid& id) {
+  auto all = txn.users();
+  if (!all) return all.error();
+  return std::any_of(all->begin(), all->end(),
+                     [&](const UserRecord& u) { return u.id != id && isActiveOwner(u); });
+}
+
+// Refuses to `verb` `u` when that leaves no active owner: nobody could administer owners, or the
+// site, through the API any more (only operator mode could repair it).
+Result<void> keepAnOwner(Txn& txn, const UserRecord& u, std::string_view verb) {
+  if (!isActiveOwner(u)) return {};
+  auto other = anotherActiveOwner(txn, u.id);
+  if (!other) return other.error();
+  if (*other) return {};
+  return makeError(fmt::format("cannot {} \"{}\": they are the last active owner; make another "
+                               "user an owner first",
+                               verb, u.username),
+                   -EPERM);
+}
+
+void wipe(std::string& s) {
+  OPENSSL_cleanse(s.data(), s.size());
+  s.clear();
 }
 
 Result<UserRecord> readUser(Txn& txn, std::string_view ref) {
@@ -41,7 +70,9 @@ Result<UserRecord> readUser(Txn& txn, std::string_view ref) {
   }
   auto u = txn.userByName(ref);
   if (!u) return u.error();
-  if (!*u) return notFound("user", ref);
+  // No username is shaped like a token (33 characters, upper case): such a ref is one pasted in
+  // the wrong place, and a valid name is shown as typed.
+  if (!*u) return notFound("user", isValidUsername(ref) ? std::string(ref) : redactTokenRef(ref));
   return std::move(**u);
 }
 
@@ -56,7 +87,7 @@ Result<TokenRecord> readToken(Txn& txn, std::string_view ref, std::optional<Uuid
   if (user) {
     auto t = txn.tokenByName(*user, ref);
     if (!t) return t.error();
-    if (!*t) return notFound("token", ref);
+    if (!*t) return notFound("token", redactTokenRef(ref));
     return std::move(**t);
   }
   auto all = txn.tokens(std::nullopt);
@@ -64,11 +95,11 @@ Result<TokenRecord> readToken(Txn& txn, std::string_view ref, std::optional<Uuid
   std::vector<TokenRecord> matches;
   for (TokenRecord& t : *all)
     if (t.loginType == LoginType::Token && t.name == ref) matches.push_back(std::move(t));
-  if (matches.empty()) return notFound("token", ref);
+  if (matches.empty()) return notFound("token", redactTokenRef(ref));
   if (matches.size() > 1) {
     return makeError(
         fmt::format("token name \"{}\" is ambiguous: {} users hold it; name the user with --user",
-                    ref, matches.size()));
+                    redactTokenRef(ref), matches.size()));
   }
   return std::move(matches.front());
 }
@@ -97,6 +128,28 @@ bool isPrintableUtf8(std::string_view s) {
     i += n + 1;
   }
   return true;
+}
+
+// The creating token's record, read in the write transaction that creates `t`, and the rules.
+Result<void> withinReach(Txn& txn, std::string_view creatorId, const TokenRecord& t) {
+  auto creator = txn.token(creatorId);
+  if (!creator) return creator.error();
+  if (!*creator) return makeError("Forbidden: the creating token no longer exists.", -EPERM);
+  return checkCreation(**creator, t);
+}
+
+// Gives `t` a fresh id and secret, stores it and sets `key` to the whole token. update() may run
+// a transaction again (a grown map): the key of a try that did not commit is wiped, not left in
+// freed memory.
+Result<void> mint(TokenRecord& t, std::string& key, Writer& w) {
+  wipe(key);
+  Sha256 sha;
+  NewToken nt = mintToken();
+  t.id = nt.id;
+  t.secretHash = sha.digest(nt.secret);
+  key = nt.text();
+  wipe(nt.secret);
+  return w.putToken(t);
 }
 
 }  // namespace
@@ -160,6 +213,9 @@ Result<UserRecord> Manager::setStatus(std::string_view ref, UserStatus status, i
   auto r = db_.update([&](Writer& w) -> Result<void> {
     auto u = readUser(w, ref);
     if (!u) return u.error();
+    if (status == UserStatus::Suspended) {
+      if (auto keep = keepAnOwner(w, *u, "suspend"); !keep) return keep;
+    }
     u->status = status;
     u->updatedAt = now;
     out = *u;
@@ -177,10 +233,27 @@ Result<UserRecord> Manager::setRoles(std::string_view ref, const std::vector<std
   auto r = db_.update([&](Writer& w) -> Result<void> {
     auto u = readUser(w, ref);
     if (!u) return u.error();
+    const bool promoted = !hasOwnerRole(u->roles) && hasOwnerRole(*normalized);
+    if (!hasOwnerRole(*normalized)) {
+      if (auto keep = keepAnOwner(w, *u, "take the owner role from"); !keep) return keep;
+    }
     u->roles = *normalized;
     u->updatedAt = now;
     out = *u;
-    return w.putUser(*u);
+    if (auto p = w.putUser(*u); !p) return p;
+    if (!promoted) return {};
+    // Owner permissions come from the user's roles at verify time, so a token made under the
+    // member cap would otherwise carry them for as long as it was made for (L4).
+    auto tokens = w.tokens(u->id);
+    if (!tokens) return tokens.error();
+    const int64_t cap = now + config_.maxAdminTokenLifetime;
+    for (TokenRecord& t : *tokens) {
+      if (t.expiresAt <= cap) continue;
+      t.expiresAt = cap;
+      t.updatedAt = now;
+      if (auto p = w.putToken(t); !p) return p;
+    }
+    return {};
   });
   if (!r) return r.error();
   return out;
@@ -191,6 +264,7 @@ Result<UserRecord> Manager::deleteUser(std::string_view ref) {
   auto r = db_.update([&](Writer& w) -> Result<void> {
     auto u = readUser(w, ref);
     if (!u) return u.error();
+    if (auto keep = keepAnOwner(w, *u, "delete"); !keep) return keep;
     out = *u;
     return w.deleteUser(u->id);
   });
@@ -218,12 +292,8 @@ Result<CreatedToken> Manager::createToken(const CreateTokenRequest& req, int64_t
     if (!*u) return notFound("user", req.user.toString());
     auto lifetime = apiTokenLifetime(req.lifetime, hasOwnerRole((*u)->roles), config_);
     if (!lifetime) return lifetime.error();
-    if (auto room = w.requireRoom(); !room) return room;
-    Sha256 sha;
-    NewToken nt = mintToken();
     TokenRecord& t = out.record;
-    t.id = nt.id;
-    t.secretHash = sha.digest(nt.secret);
+    t = TokenRecord{};
     t.userId = req.user;
     t.loginType = LoginType::Token;
     t.name = req.name ? *req.name : randomTokenName();
@@ -233,14 +303,18 @@ Result<CreatedToken> Manager::createToken(const CreateTokenRequest& req, int64_t
     t.lifetimeSeconds = *lifetime;
     t.expiresAt = now + *lifetime;
     t.lastUsed = 0;
-    out.key = nt.text();
-    return w.putToken(t);
+    if (req.creator) {
+      if (auto reach = withinReach(w, *req.creator, t); !reach) return reach;
+    }
+    if (auto room = w.requireRoom(); !room) return room;
+    return mint(t, out.key, w);
   });
   if (!r) return r.error();
   return out;
 }
 
-Result<CreatedToken> Manager::createSession(const Uuid& user, LoginType kind, int64_t now) {
+Result<CreatedToken> Manager::createSession(const Uuid& user, LoginType kind, int64_t now,
+                                            std::optional<std::string> creator) {
   if (kind == LoginType::Token)
     return makeError("a session's login type is password, oidc or github");
   CreatedToken out;
@@ -248,12 +322,8 @@ Result<CreatedToken> Manager::createSession(const Uuid& user, LoginType kind, in
     auto u = w.user(user);
     if (!u) return u.error();
     if (!*u) return notFound("user", user.toString());
-    if (auto room = w.requireRoom(); !room) return room;
-    Sha256 sha;
-    NewToken nt = mintToken();
     TokenRecord& t = out.record;
-    t.id = nt.id;
-    t.secretHash = sha.digest(nt.secret);
+    t = TokenRecord{};
     t.userId = user;
     t.loginType = kind;
     t.scopes = {"coder:all"};
@@ -261,8 +331,11 @@ Result<CreatedToken> Manager::createSession(const Uuid& user, LoginType kind, in
     t.createdAt = t.updatedAt = now;
     t.lifetimeSeconds = config_.sessionDuration;
     t.expiresAt = now + config_.sessionDuration;
-    out.key = nt.text();
-    return w.putToken(t);
+    if (creator) {
+      if (auto reach = withinReach(w, *creator, t); !reach) return reach;
+    }
+    if (auto room = w.requireRoom(); !room) return room;
+    return mint(t, out.key, w);
   });
   if (!r) return r.error();
   return out;

@@ -42,6 +42,13 @@ bool isTokenId(std::string_view id) {
   return id.size() == kTokenIdLength && allAlnum(id);
 }
 
+std::string redactTokenRef(std::string_view ref) {
+  if (ref.size() > kTokenIdLength && ref[kTokenIdLength] == '-' &&
+      isTokenId(ref.substr(0, kTokenIdLength)))
+    return std::string(ref.substr(0, kTokenIdLength)) + "-…";
+  return std::string(ref);
+}
+
 std::string randomAlnum(size_t n) {
   std::string out;
   out.reserve(n);

@@ -21,6 +21,11 @@ struct ParsedToken {
 std::optional<ParsedToken> parseToken(std::string_view text);
 bool isTokenId(std::string_view id);
 
+// `ref` (a token name, id or whole token from a user) as a message may show it: anything that
+// starts like a token ("<10 alnum>-...") is cut to "<id>-…", so a whole token, or one mistyped or
+// cut short, never has its secret echoed into an error message, a log or a 404 body.
+std::string redactTokenRef(std::string_view ref);
+
 // n characters drawn without bias from 0-9A-Za-z with RAND_bytes (rejection sampling);
 // aborts if the CSPRNG fails, since a predictable token is worse than no token.
 std::string randomAlnum(size_t n);

@@ -83,6 +83,13 @@ TEST_SUITE("Tokenctl") {
 
     CHECK(ctl.ok({"users", "roles", "alice", "--set", "owner,user-admin"}) ==
           "User alice has roles member,owner,user-admin.");
+    // The last active owner stays (SPEC 8), in operator mode too: bob becomes one first.
+    RunResult last = ctl({"users", "suspend", "alice"});
+    CHECK(last.status == 1);
+    CHECK(last.err ==
+          "tokenctl: cannot suspend \"alice\": they are the last active owner; make another user "
+          "an owner first\n");
+    ctl.ok({"users", "roles", "bob", "--set", "owner"});
     CHECK(ctl.ok({"users", "suspend", "alice"}) == "User alice is suspended.");
     CHECK(nlohmann::json::parse(ctl.ok({"users", "view", "alice", "-o", "json"}))["status"] ==
           "suspended");
