@@ -2,6 +2,7 @@
 #include "daemon/management.h"
 
 #include <fmt/format.h>
+#include <openssl/crypto.h>
 
 #include <nlohmann/json.hpp>
 
@@ -9,7 +10,9 @@
 #include "base/log.h"
 #include "verifier/api_json.h"
 #include "verifier/catalog.h"
+#include "verifier/reach.h"
 #include "verifier/scopes.h"
+#include "verifier/token.h"
 
 namespace tokend::daemon {
 
@@ -21,6 +24,7 @@ namespace {
 struct Reply {
   int status = 200;
   Json body;
+  bool secret = false;  // body["key"] is a new token: wiped once the answer is encoded
 };
 
 Reply error(int status, std::string message, std::string detail = {}) {
@@ -31,6 +35,8 @@ int statusOf(const Error& e) {
   switch (-e.code) {
     case EINVAL:
       return 400;
+    case EPERM:
+      return 403;
     case ENOENT:
       return 404;
     case EEXIST:
@@ -46,6 +52,19 @@ Reply fromError(const Error& e) {
   int status = statusOf(e);
   if (status == 500) return error(500, "Internal error.", e.message);
   return error(status, e.message);
+}
+
+// The path as an error's detail may show it: a segment shaped like a token keeps only its id.
+std::string safePath(std::string_view path) {
+  std::string out;
+  while (!path.empty()) {
+    auto slash = path.find('/');
+    out += redactTokenRef(path.substr(0, slash));
+    if (slash == std::string_view::npos) break;
+    out += '/';
+    path.remove_prefix(slash + 1);
+  }
+  return out;
 }
 
 std::vector<std::string_view> split(std::string_view path) {
@@ -128,6 +147,8 @@ class Call {
     if (a.reason != Reason::Ok) {
       return error(401, "Your token is not valid.", std::string(reasonName(a.reason)));
     }
+    // The caller's token by id: what it creates must be within its reach (SPEC 8).
+    callerTokenId_ = a.tokenId;
     auto caller = manager_.user(a.userId.toString());
     if (!caller) return error(401, "Your token is not valid.", "unknown");
     caller_ = std::move(*caller);
@@ -174,7 +195,7 @@ class Call {
     if (p.size() == 4 && p[2] == "auth" && p[3] == "scopes" && m == "GET") {
       return Reply{200, Json{{"external", publicScopes()}}};
     }
-    if (p.size() < 3 || p[2] != "users") return error(404, "Not found.", std::string(req_.path));
+    if (p.size() < 3 || p[2] != "users") return error(404, "Not found.", safePath(req_.path));
     if (p.size() == 3) {
       if (m == "GET") return listUsers();
       if (m == "POST") return createUser();
@@ -193,7 +214,7 @@ class Call {
       return setStatus(user, p[5] == "activate");
     }
     if (p.size() == 5 && p[4] == "roles" && m == "PUT") return setRoles(user);
-    if (p[4] != "keys") return error(404, "Not found.", std::string(req_.path));
+    if (p[4] != "keys") return error(404, "Not found.", safePath(req_.path));
 
     // Tokens of `user`: another user's need the owner role.
     if (user.id != caller_.id && !hasOwnerRole(caller_.roles)) {
@@ -210,7 +231,7 @@ class Call {
     if (p.size() == 6 && m == "GET") return viewToken(user, p[5], true);
     if (p.size() == 6 && m == "DELETE") return deleteToken(user, p[5]);
     if (p.size() == 7 && p[6] == "expire" && m == "PUT") return expireToken(user, p[5]);
-    return error(404, "Not found.", std::string(req_.path));
+    return error(404, "Not found.", safePath(req_.path));
   }
 
   Reply createToken(const UserRecord& user) {
@@ -221,6 +242,7 @@ class Call {
     CreateTokenRequest r;
     r.user = user.id;
     r.publicOnly = true;
+    r.creator = callerTokenId_;
     r.scopes = stringList(*b, "scopes", problem);
     if (b->contains("scope") && (*b)["scope"].is_string()) r.scopes.push_back((*b)["scope"]);
     r.allowList = stringList(*b, "allow_list", problem);
@@ -237,9 +259,7 @@ class Call {
     }
     auto created = manager_.createToken(r, clockNow());
     if (!created) return fromError(created.error());
-    Json j = tokenJson(created->record, user.username);
-    j["key"] = created->key;
-    return Reply{201, j};
+    return createdReply(*created, user);
   }
 
   Reply createSession(const UserRecord& user) {
@@ -255,11 +275,16 @@ class Call {
       return error(400,
                    fmt::format("invalid login type \"{}\": want password, oidc or github", kind));
     }
-    auto created = manager_.createSession(user.id, *lt, clockNow());
+    auto created = manager_.createSession(user.id, *lt, clockNow(), callerTokenId_);
     if (!created) return fromError(created.error());
-    Json j = tokenJson(created->record, user.username);
-    j["key"] = created->key;
-    return Reply{201, j};
+    return createdReply(*created, user);
+  }
+
+  // The key moves into the body (no copy left behind); handle() wipes it after encoding.
+  static Reply createdReply(CreatedToken& created, const UserRecord& user) {
+    Json j = tokenJson(created.record, user.username);
+    j["key"] = std::move(created.key);
+    return Reply{201, std::move(j), true};
   }
 
   Reply listTokens(const UserRecord& user) {
@@ -296,7 +321,8 @@ class Call {
 
   Reply viewToken(const UserRecord& user, std::string_view ref, bool byId) {
     if (auto denied = require("api_key:read", &user.id)) return *denied;
-    if (byId && !isTokenId(ref)) return error(404, fmt::format("token \"{}\" not found", ref));
+    if (byId && !isTokenId(ref))
+      return error(404, fmt::format("token \"{}\" not found", redactTokenRef(ref)));
     auto t = manager_.findToken(ref, user.id);
     if (!t) return fromError(t.error());
     return Reply{200, tokenJson(*t, user.username)};
@@ -304,7 +330,8 @@ class Call {
 
   Reply expireToken(const UserRecord& user, std::string_view id) {
     if (auto denied = require("api_key:update", &user.id)) return *denied;
-    if (!isTokenId(id)) return error(404, fmt::format("token \"{}\" not found", id));
+    if (!isTokenId(id))
+      return error(404, fmt::format("token \"{}\" not found", redactTokenRef(id)));
     auto t = manager_.expireToken(id, user.id, clockNow());
     if (!t) return fromError(t.error());
     revoked(*t);
@@ -313,7 +340,8 @@ class Call {
 
   Reply deleteToken(const UserRecord& user, std::string_view id) {
     if (auto denied = require("api_key:delete", &user.id)) return *denied;
-    if (!isTokenId(id)) return error(404, fmt::format("token \"{}\" not found", id));
+    if (!isTokenId(id))
+      return error(404, fmt::format("token \"{}\" not found", redactTokenRef(id)));
     auto t = manager_.deleteToken(id, user.id);
     if (!t) return fromError(t.error());
     revoked(*t);
@@ -355,6 +383,10 @@ class Call {
 
   Reply setStatus(const UserRecord& user, bool active) {
     if (auto denied = require("user:update")) return *denied;
+    if (auto refused =
+            checkUserChange(caller_, user, active ? UserChange::Activate : UserChange::Suspend);
+        !refused)
+      return fromError(refused.error());
     auto u = manager_.setStatus(user.id.toString(),
                                 active ? UserStatus::Active : UserStatus::Suspended, clockNow());
     if (!u) return fromError(u.error());
@@ -369,10 +401,8 @@ class Call {
     std::string problem;
     auto roles = stringList(*b, "roles", problem);
     if (!problem.empty()) return error(400, "Bad request.", problem);
-    if (!hasOwnerRole(caller_.roles) &&
-        (hasOwnerRole(splitList(roles)) || hasOwnerRole(user.roles))) {
-      return error(403, "Only owners may grant or take the owner role.");
-    }
+    if (auto refused = checkUserChange(caller_, user, UserChange::SetRoles, roles); !refused)
+      return fromError(refused.error());
     auto u = manager_.setRoles(user.id.toString(), roles, clockNow());
     if (!u) return fromError(u.error());
     changed(*u);
@@ -381,9 +411,8 @@ class Call {
 
   Reply deleteUser(const UserRecord& user) {
     if (auto denied = require("user:delete")) return *denied;
-    if (!hasOwnerRole(caller_.roles) && hasOwnerRole(user.roles)) {
-      return error(403, "Only owners may delete an owner.");
-    }
+    if (auto refused = checkUserChange(caller_, user, UserChange::Delete); !refused)
+      return fromError(refused.error());
     auto u = manager_.deleteUser(user.id.toString());
     if (!u) return fromError(u.error());
     changed(*u);
@@ -396,6 +425,7 @@ class Call {
   const HttpRequest& req_;
   DecodeBuffer& scratch_;
   std::string_view token_;
+  std::string callerTokenId_;
   UserRecord caller_;
 };
 
@@ -408,17 +438,25 @@ void Management::handle(Service::Worker& worker, const HttpRequest& request, Dec
   // daemon: the client gets a 500 and the daemon logs it once per occurrence.
   std::string body;
   int status = 500;
+  bool secret = false;
   try {
     Reply r = Call(service_, manager_, worker, request, scratch).run();
     status = r.status;
     body = r.body.dump(-1, ' ', false, Json::error_handler_t::replace);
+    if (r.secret) {
+      std::string& key = r.body["key"].get_ref<std::string&>();
+      OPENSSL_cleanse(key.data(), key.size());
+      secret = true;
+    }
   } catch (const std::exception& e) {
-    log::error("Failed to answer {} {}: unexpected exception: {}", request.method, request.path,
-               e.what());
+    log::error("Failed to answer {} {}: unexpected exception: {}", request.method,
+               safePath(request.path), e.what());
     status = 500;
     body = Json{{"message", "Internal error."}, {"detail", "unexpected exception"}}.dump();
   }
   appendJsonResponse(out, status, request.keepAlive, body);
+  // A new token's key: the connection's output buffer holds it until sent, this copy need not.
+  if (secret) OPENSSL_cleanse(body.data(), body.size());
 }
 
 }  // namespace tokend::daemon

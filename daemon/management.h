@@ -4,8 +4,11 @@
 // Rules: the caller's token must verify; acting on another user's tokens needs the `owner` role;
 // each action needs the matching permission for the target user (api_key:create, :read, :update,
 // :delete, checked with owner = the target user, so a member's owned api_key:* serves for their
-// own tokens); only publicly requestable scopes may be granted. User administration needs user:*
-// permissions on the site (user-admin or owner). Writes run on the worker that received them.
+// own tokens); only publicly requestable scopes may be granted, and only within the calling
+// token's reach (its scopes, allow list and expiry; sessions only from a session or a full token:
+// verifier/reach.h). User administration needs user:* permissions on the site (user-admin or
+// owner); only an owner changes an owner, nobody suspends themselves, and the last active owner
+// stays. Writes run on the worker that received them.
 #pragma once
 
 #include <string>
