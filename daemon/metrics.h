@@ -38,6 +38,8 @@ struct alignas(64) MetricsShard {
   }
 };
 
+inline constexpr int kUseRefusalCount = 6;  // daemon::UseRefusal's values
+
 class Metrics {
  public:
   explicit Metrics(int shards) : count_(shards + 1), shards_(new MetricsShard[shards + 1]) {}
@@ -53,6 +55,9 @@ class Metrics {
   std::atomic<uint64_t> writebackTokens{0};
   std::atomic<uint64_t> writebackErrors{0};
   std::atomic<uint64_t> usageReports{0};
+  std::atomic<uint64_t> usageAccepted{0};  // report entries accepted
+  // Report entries refused, by daemon::UseRefusal (service.h).
+  std::array<std::atomic<uint64_t>, kUseRefusalCount> usageRefused{};
   std::atomic<uint64_t> shmGrants{0};
   std::atomic<uint64_t> shmRefusals{0};
 

@@ -102,8 +102,11 @@ bool Service::verify(Worker& w, const VerifyQuery& q, VerifyAnswer& a) {
       return true;
     }
     shm::encodeEntry(*w.scratch_, e);
-    cache_.insert(e, epoch);
     reason = decide(w.scratch_->facts(), presented, query, now);
+    // The fill carries the mark of this verification when it presented the secret: a usage
+    // report for the token is then taken (reportUses), one after a wrong secret is not.
+    if (*reason != Reason::BadSecret) e.verifiedAt = shm::verifiedMark(now);
+    cache_.insert(e, epoch);
   }
 
   a.reason = *reason;
@@ -114,43 +117,105 @@ bool Service::verify(Worker& w, const VerifyQuery& q, VerifyAnswer& a) {
   a.username = std::string_view(w.username_.data(), e.usernameLen);
   a.loginType = static_cast<LoginType>(e.loginType);
   a.expiresAt = e.expiresAt;
-  if (a.reason == Reason::Ok) noteUse(w, e, now);
+  if (a.reason != Reason::BadSecret) noteVerified(w, e, a.reason, now);
   return true;
 }
 
-void Service::noteUse(Worker& w, const shm::CacheEntry& e, int64_t now) {
-  UsageUpdate u = usageUpdate(static_cast<LoginType>(e.loginType), e.expiresAt, e.lifetimeSeconds,
-                              e.lastUsed, now, options_.lifetimes);
-  if (!u.any()) return;
-  Use use;
-  std::memcpy(use.id.data(), e.tokenId, kTokenIdLength);
-  use.at = now;
-  {
+void Service::noteVerified(Worker& w, const shm::CacheEntry& e, Reason verdict, int64_t now) {
+  UsageUpdate u;
+  if (verdict == Reason::Ok) {
+    u = usageUpdate(static_cast<LoginType>(e.loginType), e.expiresAt, e.lifetimeSeconds, e.lastUsed,
+                    now, options_.lifetimes);
+  }
+  const bool remark = e.verifiedAt == 0 || now - int64_t{e.verifiedAt} > shm::kUseRemarkAfter;
+  if (!u.any() && !remark) return;
+  if (u.any()) {
+    Use use;
+    std::memcpy(use.id.data(), e.tokenId, kTokenIdLength);
+    use.at = now;
     std::lock_guard lock(w.usesMu_);
     w.uses_.push_back(use);
   }
-  // Mark the cached copy so that the next hits do not queue the same use again; the write-back
-  // commits the same values.
-  cache_.update(idOf(use.id), [&](shm::CacheEntry& c) {
+  // Mark the cached copy so that the next hits do not queue the same use again (the write-back
+  // commits the same values) nor mark it again.
+  cache_.update(e.id(), [&](shm::CacheEntry& c) {
     if (u.lastUsed) c.lastUsed = std::max(c.lastUsed, now);
     if (u.refresh) c.expiresAt = std::max(c.expiresAt, u.newExpiresAt);
+    if (remark) c.verifiedAt = std::max(c.verifiedAt, shm::verifiedMark(now));
   });
 }
 
-size_t Service::reportUses(std::span<const Use> uses) {
+std::string_view useRefusalName(UseRefusal r) {
+  switch (r) {
+    case UseRefusal::NotAttached:
+      return "not_attached";
+    case UseRefusal::Time:
+      return "time";
+    case UseRefusal::NotCached:
+      return "not_cached";
+    case UseRefusal::NotVerified:
+      return "not_verified";
+    case UseRefusal::Expired:
+      return "expired";
+    case UseRefusal::Full:
+      return "full";
+  }
+  return "unknown";
+}
+
+size_t Service::reportUses(std::span<const Use> uses, bool attached) {
+  metrics_.usageReports.fetch_add(1, std::memory_order_relaxed);
+  auto refuse = [&](UseRefusal why, size_t n = 1) {
+    metrics_.usageRefused[static_cast<size_t>(why)].fetch_add(n, std::memory_order_relaxed);
+  };
+  // Only a peer that was handed the segment could have read the entry it reports a use of.
+  if (!attached) {
+    refuse(UseRefusal::NotAttached, uses.size());
+    return 0;
+  }
   const int64_t now = clockNow();
   size_t accepted = 0;
+  shm::CacheEntry e;
   std::lock_guard lock(reportedMu_);
-  for (const Use& u : uses) {
-    if (u.at > now + 5 || u.at < now - 86400 || !isTokenId(idOf(u.id))) continue;
+  for (const Use& reported : uses) {
+    // One second ahead is a clock read a moment apart on the same host; nothing more is honest.
+    if (reported.at > now + 1 || reported.at < now - shm::kUseReportDelay) {
+      refuse(UseRefusal::Time);
+      continue;
+    }
+    // The entry the fast path read: present and current (lookup() misses on an invalidated or
+    // user-stale one). It also sets the entry's reference bit, for the use.
+    if (!isTokenId(idOf(reported.id)) ||
+        cache_.lookup(idOf(reported.id), e) != shm::LookupResult::Hit) {
+      refuse(UseRefusal::NotCached);
+      continue;
+    }
+    // Filled by a verification that presented the secret, or verified so since, lately: an entry
+    // that only a wrong secret (or a token id alone) brought in proves nobody holds the token.
+    if (e.verifiedAt == 0 || now - int64_t{e.verifiedAt} > shm::kUseVerifiedWithin) {
+      refuse(UseRefusal::NotVerified);
+      continue;
+    }
+    // At most what a verification at that time would have done: none of an expired token.
+    // (A cached expiry is a lower bound, but every write of the record invalidates the entry,
+    // and in-place refreshes only move it later: an expired entry is an expired token.)
+    Use u = reported;
+    u.at = std::min(u.at, now);
+    u.reported = true;
+    if (isExpired(e.expiresAt, u.at) || (e.flags & shm::kFlagUserActive) == 0) {
+      refuse(UseRefusal::Expired);
+      continue;
+    }
     // Bounded: reports arrive as fast as clients send them, and a failing database keeps them.
     // Past the bound a use is dropped: last_used is a heuristic, memory is not.
-    if (reported_.size() >= kMaxReportedUses) break;
+    if (reported_.size() >= kMaxReportedUses) {
+      refuse(UseRefusal::Full);
+      continue;
+    }
     reported_.push_back(u);
-    cache_.touch(idOf(u.id));
     ++accepted;
   }
-  metrics_.usageReports.fetch_add(1, std::memory_order_relaxed);
+  metrics_.usageAccepted.fetch_add(accepted, std::memory_order_relaxed);
   return accepted;
 }
 
@@ -171,17 +236,28 @@ Result<void> Service::flushUses() {
     reported_.clear();
   }
   if (uses.empty()) return {};
-  // One write per token: its latest use.
-  std::unordered_map<std::string_view, int64_t> latest;
+  // One write per token: its latest use (reported only when no verification saw it as late).
+  struct Latest {
+    int64_t at;
+    bool reported;
+  };
+  std::unordered_map<std::string_view, Latest> latest;
   for (const Use& u : uses) {
-    auto [it, fresh] = latest.try_emplace(idOf(u.id), u.at);
-    if (!fresh) it->second = std::max(it->second, u.at);
+    auto [it, fresh] = latest.try_emplace(idOf(u.id), Latest{u.at, u.reported});
+    if (fresh) continue;
+    if (u.at > it->second.at) {
+      it->second = Latest{u.at, u.reported};
+    } else if (u.at == it->second.at) {
+      it->second.reported = it->second.reported && u.reported;
+    }
   }
   const LifetimeConfig& cfg = options_.lifetimes;
+  const int64_t writeNow = clockNow();
   size_t written = 0;
   auto r = db_.update([&](Writer& w) -> Result<void> {
     written = 0;
-    for (const auto& [id, at] : latest) {
+    for (const auto& [id, use] : latest) {
+      const int64_t at = use.at;
       auto rec = w.token(id);
       if (!rec) return rec.error();
       if (!*rec) continue;  // deleted meanwhile
@@ -193,9 +269,10 @@ Result<void> Service::flushUses() {
         changed = true;
       }
       // Never resurrect: a token expired, revoked or otherwise changed after this use is left
-      // as it is (updated_at later than the use means someone else wrote it since).
+      // as it is (updated_at later than the use means someone else wrote it since). A reported
+      // use refreshes nothing that has expired by now either: the daemon verified nothing then.
       if (u.refresh && !isExpired(t.expiresAt, at) && t.updatedAt <= at &&
-          u.newExpiresAt > t.expiresAt) {
+          !(use.reported && isExpired(t.expiresAt, writeNow)) && u.newExpiresAt > t.expiresAt) {
         t.expiresAt = u.newExpiresAt;
         t.updatedAt = at;
         changed = true;
@@ -212,10 +289,11 @@ Result<void> Service::flushUses() {
     // latest), so that a database refusing writes for hours costs memory per token, not per use.
     std::vector<Use> keep;
     keep.reserve(latest.size());
-    for (const auto& [id, at] : latest) {
+    for (const auto& [id, use] : latest) {
       Use u;
       std::copy_n(id.data(), kTokenIdLength, u.id.data());
-      u.at = at;
+      u.at = use.at;
+      u.reported = use.reported;
       keep.push_back(u);
     }
     std::lock_guard lock(reportedMu_);

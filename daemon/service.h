@@ -28,7 +28,22 @@ namespace tokend::daemon {
 struct Use {
   std::array<char, verifier::kTokenIdLength> id{};
   int64_t at = 0;
+  // Learnt from a client's USAGE_REPORT, not from a verification of this daemon: the write-back
+  // then refreshes no expiry that has passed meanwhile (a report never revives a session).
+  bool reported = false;
 };
+
+// Why reportUses() refused an entry (the label of tokend_usage_reports_refused_total).
+enum class UseRefusal : uint8_t {
+  NotAttached,  // the connection was never handed the segment
+  Time,         // dated in the future, or more than shm::kUseReportDelay back
+  NotCached,    // no current cache entry: never filled, invalidated, evicted, or user-stale
+  NotVerified,  // the entry was not verified with its secret within shm::kUseVerifiedWithin
+  Expired,      // the token was expired (or its user inactive) at the reported time
+  Full,         // too many uses wait for the write-back
+};
+static_assert(static_cast<int>(UseRefusal::Full) + 1 == kUseRefusalCount);
+std::string_view useRefusalName(UseRefusal r);
 
 struct ServiceOptions {
   verifier::LifetimeConfig lifetimes;
@@ -80,9 +95,13 @@ class Service {
   // Returns false when the machine failed (a database read error, logged once): no answer.
   bool verify(Worker& w, const VerifyQuery& query, VerifyAnswer& answer);
 
-  // Uses seen on a client's fast path (USAGE_REPORT). Uses dated in the future or more than a
-  // day back are ignored. Returns how many were accepted.
-  size_t reportUses(std::span<const Use> uses);
+  // Uses seen on a client's fast path (USAGE_REPORT), from a connection that was handed the
+  // segment (`attached`) or not. A use is accepted only for a token whose cache entry is current
+  // and was verified by this daemon with the token's secret within shm::kUseVerifiedWithin, dated
+  // at most shm::kUseReportDelay back (and not in the future), when the entry was not expired:
+  // the write-back then does what a verification at that time would have done, never more.
+  // Returns how many were accepted; the others are counted by UseRefusal.
+  size_t reportUses(std::span<const Use> uses, bool attached);
 
   // Starts the changelog watcher and the write-back threads.
   void start();
@@ -97,7 +116,10 @@ class Service {
   const verifier::LifetimeConfig& lifetimes() const { return options_.lifetimes; }
 
  private:
-  void noteUse(Worker& w, const shm::CacheEntry& e, int64_t now);
+  // After a verification of `e` at `now` that presented its secret (`verdict` not bad_secret):
+  // queues the use when it is allowed and due, and marks the cached copy (the values the use will
+  // write, and verifiedAt when the mark is stale) so that the next hits do not do it again.
+  void noteVerified(Worker& w, const shm::CacheEntry& e, verifier::Reason verdict, int64_t now);
   void watch();
   void writeback();
   void pollChanges(verifier::Reader& reader);

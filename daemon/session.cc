@@ -270,6 +270,7 @@ class ProtocolSession final : public Session {
         encodeShmGranted(out.bytes, id,
                          ShmGrant{shm::kLayoutVersion, f_.service().cache().segment().size()});
         out.passFd = f_.shmFd();
+        attached_ = true;
         break;
       }
       case Opcode::UsageReport: {
@@ -283,8 +284,9 @@ class ProtocolSession final : public Session {
           u.at = e.lastUsed;
           uses_.push_back(u);
         }
-        // Only peers trusted with the segment may report uses: a report extends sessions.
-        size_t accepted = f_.shmAllowed(peer_) ? f_.service().reportUses(uses_) : 0;
+        // Only a connection handed the segment (so a peer allowed it) may report uses, and only
+        // of entries the daemon verified lately (Service::reportUses): a report extends sessions.
+        const size_t accepted = f_.service().reportUses(uses_, attached_);
         encodeUsageAck(out.bytes, id, static_cast<uint32_t>(accepted));
         break;
       }
@@ -314,6 +316,7 @@ class ProtocolSession final : public Session {
   HttpRequest req_;
   DecodeBuffer scratch_;
   std::vector<Use> uses_;
+  bool attached_ = false;  // SHM_GRANTED was sent on this connection
 };
 
 }  // namespace
@@ -421,6 +424,14 @@ std::string SessionFactoryImpl::renderMetrics() const {
           m.writebackErrors.load());
   counter("tokend_usage_reports_total", "Usage reports received from clients.",
           m.usageReports.load());
+  counter("tokend_usage_report_entries_accepted_total",
+          "Uses in usage reports accepted for the write-back.", m.usageAccepted.load());
+  o += "# HELP tokend_usage_reports_refused_total Uses in usage reports refused, by reason.\n";
+  o += "# TYPE tokend_usage_reports_refused_total counter\n";
+  for (int r = 0; r < kUseRefusalCount; ++r) {
+    o += fmt::format("tokend_usage_reports_refused_total{{reason=\"{}\"}} {}\n",
+                     useRefusalName(static_cast<UseRefusal>(r)), m.usageRefused[r].load());
+  }
   counter("tokend_shm_grants_total", "Cache segments handed to clients.", m.shmGrants.load());
   counter("tokend_shm_refusals_total", "Cache segment requests refused.", m.shmRefusals.load());
   if (loopStats_) {

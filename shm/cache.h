@@ -37,8 +37,10 @@
 // spin until they hold the lock: writers hold it for the time of ~50 stores and never block
 // inside, and no thread holds two slot locks, so there is no deadlock. Only `insert` brings a
 // token id or a user id into a slot, and only it sets an entry's userEpoch: `update` refuses to
-// change any of them, invalidations only erase. The user epoch counters are written only by
-// `invalidateUser` (an atomic increment; no lock).
+// change any of them, invalidations only erase. (`update` may set verifiedAt: a mark that a
+// verification presented the secret, read only by the daemon's acceptance of usage reports and
+// by a client choosing to report a use; it changes no verdict.) The user epoch counters are written
+// only by `invalidateUser` (an atomic increment; no lock).
 //
 // Invalidation without stale refills. The header holds an epoch. A filler reads `epoch()`
 // BEFORE it reads the database; `insert(entry, epochSeen)` re-reads the epoch (seq_cst) while
@@ -104,9 +106,10 @@
 // bit and is passed over (its second chance), the first slot without it is the victim. New
 // entries start with `ref` clear, so a token must be used once after its fill to earn a second
 // chance: one-off tokens go first, tokens in use stay. Clients map the segment read-only and
-// cannot set the bit; their uses reach the daemon in batches (SPEC 9), and the daemon passes
-// them to `touch()`. `ref` is a heuristic: a lost or stale bit changes only which entry is
-// evicted, never what a lookup returns, so relaxed order is enough for it.
+// cannot set the bit; their uses reach the daemon in batches (SPEC 9), and the daemon's
+// lookup() of each reported use sets it (`touch()` sets it without the copy). `ref` is a heuristic:
+// a lost or stale bit changes only which entry is evicted, never what a lookup returns, so relaxed
+// order is enough for it.
 //
 // ================================================================================
 #pragma once
@@ -172,7 +175,11 @@ struct CacheEntry {
   uint64_t owned[kPermWords];   // permissions the user's roles grant on objects the user owns
   char username[kUsernameMax];  // not NUL-terminated
   AllowEntry allow[kInlineAllow];
-  uint8_t reserved1[4];
+  // Unix seconds (32 bits: to 2106) of the last verification by the daemon that presented this
+  // token's secret (any verdict but bad_secret), 0 when none since the fill: a usage report is
+  // taken only for an entry verified within kUseVerifiedWithin (daemon/service.cc). Set by the
+  // filler and by update(); a fill from a wrong secret leaves it 0.
+  uint32_t verifiedAt;
   // The user epoch of userId's counter that insert() read before its epoch check (protocol
   // above): a lookup that finds the counter moved since treats the entry as a miss. Set by
   // insert(), whatever the filler put here; update() keeps it.
@@ -198,11 +205,33 @@ static_assert(offsetof(CacheEntry, site) == 120);
 static_assert(offsetof(CacheEntry, owned) == 152);
 static_assert(offsetof(CacheEntry, username) == 184);
 static_assert(offsetof(CacheEntry, allow) == 216);
+static_assert(offsetof(CacheEntry, verifiedAt) == 356);
 static_assert(offsetof(CacheEntry, userEpoch) == 360);
 static_assert(sizeof(CacheEntry) == 368);
 static_assert(sizeof(CacheEntry) % 8 == 0);
 
 inline constexpr size_t kEntryWords = sizeof(CacheEntry) / 8;
+
+// Usage reports (SPEC 9, docs/protocol.md USAGE_REPORT). The daemon takes a reported use only for
+// an entry it verified with the token's secret at most kUseVerifiedWithin ago, dated at most
+// kUseReportDelay before the report arrives. A client therefore reports from the segment only
+// uses of entries verified at most kUseVerifiedWithin - kUseReportDelay ago, and sends the others
+// through the socket; the daemon marks a verified entry again once its mark is older than
+// kUseRemarkAfter, so that busy tokens stay reportable without a slot write per verification.
+inline constexpr int64_t kUseVerifiedWithin = 2 * 3600;
+inline constexpr int64_t kUseReportDelay = 300;
+inline constexpr int64_t kUseRemarkAfter = 3600;
+static_assert(kUseRemarkAfter < kUseVerifiedWithin - kUseReportDelay);
+
+// The value of CacheEntry::verifiedAt for a verification at `now` (0, "not verified", outside the
+// 32-bit range: such an entry is never reportable, which is safe).
+constexpr uint32_t verifiedMark(int64_t now) {
+  return now > 0 && now <= int64_t{UINT32_MAX} ? static_cast<uint32_t>(now) : 0;
+}
+// Whether a use of `e` at `now` reported within kUseReportDelay will be accepted (client side).
+constexpr bool useReportable(const CacheEntry& e, int64_t now) {
+  return e.verifiedAt != 0 && now - int64_t{e.verifiedAt} <= kUseVerifiedWithin - kUseReportDelay;
+}
 
 // One slot in the segment. Fields are accessed only through std::atomic_ref (see the protocol).
 struct alignas(kCacheLine) CacheSlot {

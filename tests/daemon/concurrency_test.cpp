@@ -29,6 +29,8 @@ namespace bp = tokend::daemon;
 namespace {
 
 constexpr int kTokens = 40;
+// The daemon's clock runs two hours on: every first use is due a last_used write.
+constexpr int64_t kClockOffset = 7200;
 
 struct State {
   std::vector<std::string> tokens;
@@ -127,6 +129,11 @@ void textClient(const std::string& socket, State& s, std::atomic<bool>& stop, in
 void binaryClient(const std::string& socket, State& s, std::atomic<bool>& stop, int seed) {
   std::mt19937 rng(seed);
   UniqueFd fd = connectUnix(socket);
+  // Reports are taken only on a connection handed the segment, as libtokend's: ask for it (a
+  // plain read of the answer drops the descriptor).
+  std::string attach;
+  bp::encodeShmAttach(attach, 0);
+  if (fd && sendAll(fd.get(), attach)) readBytes(fd.get(), bp::kFrameHeaderSize + 16, 5000);
   uint64_t next = 1;
   while (fd && !stop.load()) {
     std::vector<int> ids;
@@ -135,10 +142,11 @@ void binaryClient(const std::string& socket, State& s, std::atomic<bool>& stop, 
       ids.push_back(static_cast<int>(rng() % kTokens));
       REQUIRE(bp::encodeVerify(batch, next + k, {s.tokens[ids.back()], "", "", ""}));
     }
-    // Uses seen "on the fast path", as libtokend reports them.
+    // Uses seen "on the fast path", as libtokend reports them, dated by the daemon's clock.
     std::vector<bp::UsageEntry> uses;
     for (int k = 0; k < 4; ++k)
-      uses.push_back({std::string_view(s.tokens[rng() % kTokens]).substr(0, 10), ::time(nullptr)});
+      uses.push_back({std::string_view(s.tokens[rng() % kTokens]).substr(0, 10),
+                      ::time(nullptr) + kClockOffset});
     REQUIRE(bp::encodeUsageReport(batch, next + 16, uses));
     const int64_t sent = State::now();
     if (!sendAll(fd.get(), batch)) break;
@@ -183,7 +191,7 @@ TEST_SUITE("Concurrency") {
   TEST_CASE("concurrent clients, revocations and write-back: every answer is right") {
     // The clock two hours on: every first use is due a last_used write (and sessions a refresh).
     Daemon d({"--threads", "4", "--writeback-interval-ms", "10"},
-             {{"TOKEND_CLOCK_OFFSET", "7200"}});
+             {{"TOKEND_CLOCK_OFFSET", std::to_string(kClockOffset)}});
     d.ctlOk({"users", "create", "u1"});
     d.ctlOk({"users", "create", "u2"});
     State s;

@@ -106,7 +106,8 @@ Attach attachAs(const std::string& socket, uid_t uid) {
                         : ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, rw, 0);
       a.reopenWriteRefused = w2 == MAP_FAILED && (rw < 0 || ::write(rw, "x", 1) < 0);
     }
-    // A usage report (which extends sessions) is only taken from trusted peers.
+    // A usage report (which extends sessions) is only taken from trusted peers, and even from
+    // them not for an id nobody verified (usage_report_test.cpp): every peer has 0 accepted.
     std::vector<bp::UsageEntry> uses(1);
     uses[0].tokenId = "AAAAAAAAAA";
     uses[0].lastUsed = ::time(nullptr);
@@ -211,9 +212,14 @@ TEST_SUITE("Security") {
       CHECK(self.sharedWriteRefused);
       CHECK(self.readable);
       CHECK(self.reopenWriteRefused);
-      CHECK(self.usageAccepted == 1);
+      CHECK(self.usageAccepted == 0);
       HttpReply m = httpRequest(socket, "GET", "/metrics");
       CHECK(m.body.find("tokend_shm_refusals_total 1") != std::string::npos);
+      // The refused peer's report was refused for having no segment, ours for the unknown id.
+      CHECK(m.body.find("tokend_usage_reports_refused_total{reason=\"not_attached\"} 1") !=
+            std::string::npos);
+      CHECK(m.body.find("tokend_usage_reports_refused_total{reason=\"not_cached\"} 1") !=
+            std::string::npos);
       CHECK(d.stop() == 0);
     }
     {
@@ -226,7 +232,7 @@ TEST_SUITE("Security") {
       CHECK(other.readOnlyFlags);
       CHECK(other.sharedWriteRefused);
       CHECK(other.reopenWriteRefused);
-      CHECK(other.usageAccepted == 1);
+      CHECK(other.usageAccepted == 0);
     }
     {
       Daemon d(
