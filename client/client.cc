@@ -258,19 +258,28 @@ struct tokend_client {
     const int64_t now = clock.now();
     const auto reason = shm::decideFromEntry(entry, sha.digest(parsed->secret), q, now);
     if (!reason) return false;
+    const bool due = *reason == Reason::Ok && useDue(now);
+    // The daemon takes a reported use only of an entry it verified lately (shm::useReportable):
+    // a use it would refuse goes through the socket, where the daemon counts it itself (and
+    // marks the entry verified again, so the next ones are reported).
+    if (due && !shm::useReportable(entry, now)) return false;
     fill(res, *reason, 1, &uuidText, entry.userId, entry.name(), entry.id(),
          static_cast<LoginType>(entry.loginType), entry.expiresAt);
-    if (*reason == Reason::Ok) noteUse(now);
+    if (due) noteUse(now);
     return true;
   }
 
-  // Queues the use of `entry` for the daemon when it may change last_used or the expiry. The
-  // daemon's refresh setting is not known here: assume it is on (a use it then ignores is cheap).
-  void noteUse(int64_t now) {
+  // Whether a use of `entry` at `now` may change last_used or the expiry. The daemon's refresh
+  // setting is not known here: assume it is on (a use it then ignores is cheap).
+  bool useDue(int64_t now) const {
     static const verifier::LifetimeConfig kAssumed{};
-    const auto u = verifier::usageUpdate(static_cast<LoginType>(entry.loginType), entry.expiresAt,
-                                         entry.lifetimeSeconds, entry.lastUsed, now, kAssumed);
-    if (!u.any()) return;
+    return verifier::usageUpdate(static_cast<LoginType>(entry.loginType), entry.expiresAt,
+                                 entry.lifetimeSeconds, entry.lastUsed, now, kAssumed)
+        .any();
+  }
+
+  // Queues the use of `entry` (useDue) for the daemon.
+  void noteUse(int64_t now) {
     uint32_t h = 2166136261u;  // FNV-1a: ids are random already, this only spreads them
     for (char ch : entry.id()) h = (h ^ static_cast<uint8_t>(ch)) * 16777619u;
     FilterSlot& f = filter[h % kFilterSlots];

@@ -216,4 +216,45 @@ TEST_SUITE("Client") {
     CHECK(viaShmOnly);
     d.stop();
   }
+
+  TEST_CASE("a session used only in shared memory slides, and its last_used is written") {
+    Daemon d;
+    d.start({"--writeback-interval-ms", "20"});
+    d.ctl({"users", "create", "erin"});
+    Handle c(d.socket());
+    bool viaShmOnly = false;
+    for (int attempt = 0; attempt < 5 && !viaShmOnly; ++attempt) {
+      // Made two hours ago: 22 h left, so a use now is due the sliding refresh (to now + 24 h).
+      tokend::test::RunResult made =
+          tokend::test::run({tokend::test::programPath("TOKENCTL"), "--db", d.dataDir(), "sessions",
+                             "create", "--user", "erin"},
+                            {{"TOKEND_CLOCK_OFFSET", "-7200"}});
+      REQUIRE(made.status == 0);
+      const std::string tok = made.out.substr(0, 33);
+      auto view = [&] {
+        return nlohmann::json::parse(d.ctl({"tokens", "view", tok.substr(0, 10), "-o", "json"}));
+      };
+      const nlohmann::json before = view();
+      // A denial (erin holds no role that deletes templates) fills the cache from a verification
+      // that presented the secret, and writes nothing itself.
+      tokend_result r = verifyViaShm(c, tok, "template:delete");
+      REQUIRE(r.via_shm == 1);
+      CHECK(std::string(r.reason) == "role");
+      r = verify(c, tok);
+      CHECK(r.allowed == 1);
+      if (!r.via_shm) continue;
+      viaShmOnly = true;
+      CHECK(tokend_flush(c, 3000) == 0);
+      bool updated = false;
+      for (int i = 0; i < 150 && !updated; ++i) {
+        updated = view()["last_used"] != before["last_used"];
+        if (!updated) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      CHECK(updated);
+      // ISO 8601 in UTC compares as text.
+      CHECK(view()["expires_at"].get<std::string>() > before["expires_at"].get<std::string>());
+    }
+    CHECK(viaShmOnly);
+    d.stop();
+  }
 }
