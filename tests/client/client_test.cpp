@@ -257,4 +257,35 @@ TEST_SUITE("Client") {
     CHECK(viaShmOnly);
     d.stop();
   }
+
+  TEST_CASE("a use due on an entry a wrong secret filled goes through the socket and counts") {
+    Daemon d;
+    d.start({"--writeback-interval-ms", "20"});
+    d.ctl({"users", "create", "fay"});
+    const std::string tok = d.ctl({"tokens", "create", "--user", "fay", "--name", "t"});
+    auto lastUsed = [&] {
+      return nlohmann::json::parse(
+          d.ctl({"tokens", "view", "t", "--user", "fay", "-o", "json"}))["last_used"];
+    };
+    const auto never = lastUsed();
+    Handle c(d.socket());
+    // Someone presents the id with a wrong secret: the daemon caches the token (the answer comes
+    // from memory next time) but marks no verification, so it would refuse a report of its use.
+    const std::string wrong = tok.substr(0, 11) + std::string(22, 'x');
+    tokend_result r = verifyViaShm(c, wrong);
+    REQUIRE(r.via_shm == 1);
+    CHECK(std::string(r.reason) == "bad_secret");
+    // The holder's use is due (last_used never set): it is answered by the socket, where the
+    // daemon counts it, rather than reported and lost.
+    r = verify(c, tok);
+    CHECK(r.allowed == 1);
+    CHECK(r.via_shm == 0);
+    bool updated = false;
+    for (int i = 0; i < 150 && !updated; ++i) {
+      updated = lastUsed() != never;
+      if (!updated) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    CHECK(updated);
+    d.stop();
+  }
 }
