@@ -4,7 +4,6 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <openssl/rand.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
@@ -467,38 +466,6 @@ Result<Digest> parseHexDigest(std::string_view hex) {
   return d;
 }
 
-// Mints tokens as verifier::mintToken does (characters drawn without bias from 0-9A-Za-z by
-// rejection sampling of CSPRNG bytes), from a pool filled 4 KiB at a time: one RAND_bytes call
-// per token pair costs more than the rest of an import line.
-class Minter {
- public:
-  // "<id>-<secret>", valid until the next call.
-  std::string_view mint() {
-    for (size_t i = 0; i < kTokenLength; ++i) {
-      key_[i] = i == kTokenIdLength ? '-' : next();
-    }
-    return {key_, kTokenLength};
-  }
-
- private:
-  static constexpr char kAlphabet[] =
-      "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-  static constexpr unsigned kRejectFrom = 256 - 256 % 62;
-  char next() {
-    for (;;) {
-      if (pos_ == sizeof pool_) {
-        if (RAND_bytes(pool_, sizeof pool_) != 1) std::abort();
-        pos_ = 0;
-      }
-      unsigned b = pool_[pos_++];
-      if (b < kRejectFrom) return kAlphabet[b % 62];
-    }
-  }
-  unsigned char pool_[4096];
-  size_t pos_ = sizeof pool_;
-  char key_[kTokenLength];
-};
-
 bool hasControl(std::string_view s) {
   return std::any_of(s.begin(), s.end(), [](char c) {
     auto u = static_cast<unsigned char>(c);
@@ -743,7 +710,7 @@ class LineParser {
   int64_t now_;
   ParseOutput& out_;
   Sha256 sha_;
-  Minter minter_;
+  TokenMinter minter_{TokenMinter::kBulkPool};  // the one minter, with a pool for bulk
   FieldCollector collector_;
   ListMemo memo_;
   TokenRecord record_;
@@ -1023,7 +990,7 @@ int runImport(const std::string& dbDir, const ImportOptions& o) {
           auto stored = decodeToken(**existing);
           auto mine = decodeToken(e.record());
           if (stored && mine && stored->userId == mine->userId &&
-              stored->secretHash == mine->secretHash) {
+              digestEquals(stored->secretHash.data(), mine->secretHash.data())) {
             e.skip = 1;
             continue;
           }

@@ -1,8 +1,10 @@
 // Token minting, parsing and hashing.
 #include "verifier/token.h"
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <cstring>
@@ -49,23 +51,45 @@ std::string redactTokenRef(std::string_view ref) {
   return std::string(ref);
 }
 
-std::string randomAlnum(size_t n) {
-  std::string out;
-  out.reserve(n);
-  unsigned char buf[64];
-  while (out.size() < n) {
-    if (RAND_bytes(buf, sizeof buf) != 1) std::abort();
-    for (unsigned char b : buf) {
-      if (b >= kRejectFrom) continue;
-      out.push_back(kAlphabet[b % kAlphabetSize]);
-      if (out.size() == n) break;
+TokenMinter::TokenMinter(size_t poolBytes)
+    : poolBytes_(std::clamp<size_t>(poolBytes, 1, sizeof pool_)), pos_(poolBytes_) {}
+
+TokenMinter::~TokenMinter() {
+  OPENSSL_cleanse(pool_, sizeof pool_);
+  OPENSSL_cleanse(key_, sizeof key_);
+}
+
+void TokenMinter::fill(char* out, size_t n) {
+  for (size_t i = 0; i < n;) {
+    if (pos_ == poolBytes_) {
+      if (RAND_bytes(pool_, static_cast<int>(poolBytes_)) != 1) std::abort();
+      pos_ = 0;
     }
+    unsigned char b = pool_[pos_];
+    pool_[pos_++] = 0;
+    if (b >= kRejectFrom) continue;
+    out[i++] = kAlphabet[b % kAlphabetSize];
   }
+}
+
+std::string_view TokenMinter::mint() {
+  fill(key_, kTokenIdLength);
+  key_[kTokenIdLength] = '-';
+  fill(key_ + kTokenIdLength + 1, kSecretLength);
+  return {key_, kTokenLength};
+}
+
+std::string randomAlnum(size_t n) {
+  std::string out(n, '\0');
+  TokenMinter().fill(out.data(), n);
   return out;
 }
 
 NewToken mintToken() {
-  return NewToken{randomAlnum(kTokenIdLength), randomAlnum(kSecretLength)};
+  TokenMinter minter;
+  std::string_view key = minter.mint();
+  return NewToken{std::string(key.substr(0, kTokenIdLength)),
+                  std::string(key.substr(kTokenIdLength + 1))};
 }
 
 Sha256::Sha256() : ctx_(EVP_MD_CTX_new()), md_(EVP_MD_fetch(nullptr, "SHA256", nullptr)) {

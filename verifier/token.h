@@ -26,8 +26,34 @@ bool isTokenId(std::string_view id);
 // cut short, never has its secret echoed into an error message, a log or a 404 body.
 std::string redactTokenRef(std::string_view ref);
 
-// n characters drawn without bias from 0-9A-Za-z with RAND_bytes (rejection sampling);
-// aborts if the CSPRNG fails, since a predictable token is worse than no token.
+// The one minter of secrets: characters drawn without bias from 0-9A-Za-z by rejection sampling
+// of RAND_bytes, from a pool of CSPRNG bytes refilled `poolBytes` at a time (each byte is zeroed
+// once used, and the pool on destruction). Aborts if the CSPRNG fails, since a predictable token
+// is worse than no token. randomAlnum() and mintToken() use a small pool per call; a bulk minter
+// (tokenctl import) keeps one with kBulkPool, since one RAND_bytes call per token costs more than
+// the rest of an import line. Not thread-safe: one per thread.
+class TokenMinter {
+ public:
+  static constexpr size_t kSmallPool = 64;
+  static constexpr size_t kBulkPool = 4096;
+  explicit TokenMinter(size_t poolBytes = kSmallPool);
+  ~TokenMinter();
+  TokenMinter(const TokenMinter&) = delete;
+  TokenMinter& operator=(const TokenMinter&) = delete;
+
+  // n characters into `out`.
+  void fill(char* out, size_t n);
+  // A new "<id>-<secret>", valid until the next call or the minter's end.
+  std::string_view mint();
+
+ private:
+  unsigned char pool_[kBulkPool];
+  size_t poolBytes_;
+  size_t pos_;
+  char key_[kTokenLength];
+};
+
+// n characters from a TokenMinter.
 std::string randomAlnum(size_t n);
 
 struct NewToken {
@@ -35,6 +61,7 @@ struct NewToken {
   std::string secret;
   std::string text() const { return id + "-" + secret; }
 };
+// A new token's id and secret, from a TokenMinter.
 NewToken mintToken();
 
 // SHA-256 through one reused EVP context. Not thread-safe: one per thread.
