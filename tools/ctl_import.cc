@@ -861,7 +861,8 @@ void addImportCommand(CLI::App& app, ImportCommand& cmd) {
   cmd.command->add_option("--batch", o.batch, "Tokens per write transaction (default 50000)")
       ->check(CLI::Range(size_t{1}, size_t{10'000'000}));
   cmd.command->add_option("--keys-out", o.keysOut,
-                          "Write minted keys to this file (mode 0600) instead of stdout");
+                          "Write minted keys to this new file (created mode 0600; an existing "
+                          "file or a symlink is refused) instead of stdout");
   cmd.command->add_flag("--create-users", o.createUsers,
                         "Create the users named by username that do not exist (member role)");
   cmd.command->add_flag("--skip-existing", o.skipExisting,
@@ -1009,6 +1010,32 @@ int runImport(const std::string& dbDir, const ImportOptions& o) {
   if (bad > 0) return refuse(errors, bad, " (against the database)");
   const double checkSeconds = since(start) - parseSeconds, checkCpu = cpuSeconds() - parseCpu;
 
+  // Where the minted keys go, opened before anything is written: a file that cannot be made
+  // refuses the import while it can still be refused whole. A new file only, mode 0600, never
+  // through a symlink: the keys are plaintext secrets.
+  FILE* keysFile = nullptr;
+  ScopeExit closeKeys([&] {
+    if (keysFile) std::fclose(keysFile);
+  });
+  const bool anyMinted =
+      std::any_of(entries.begin(), entries.end(), [](const Entry& e) { return e.minted; });
+  if (!o.dryRun && !o.keysOut.empty() && anyMinted) {
+    int fd = ::open(o.keysOut.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) {
+      return fail(fmt::format(
+          "refused the import: --keys-out {} already exists (minted keys go only to a new file, "
+          "never over an existing file or through a symlink: name a path that does not exist); "
+          "nothing was written",
+          o.keysOut));
+    }
+    if (fd < 0 || !(keysFile = ::fdopen(fd, "w"))) {
+      int err = errno;
+      if (fd >= 0) ::close(fd);
+      return fail(fmt::format("Failed to create {}: {}; nothing was written", o.keysOut,
+                              std::strerror(err)));
+    }
+  }
+
   // 3. Write, in id order, --batch tokens a transaction.
   size_t written = 0, skipped = 0, usersCreated = 0, transactions = 0;
   size_t done = 0;  // entries [0, done) are committed (or skipped)
@@ -1072,14 +1099,7 @@ int runImport(const std::string& dbDir, const ImportOptions& o) {
       if (e.minted && !e.skip) keys.emplace_back(e.line, e.key().data());
     }
     std::sort(keys.begin(), keys.end());
-    FILE* out = stdout;
-    if (!o.keysOut.empty() && !keys.empty()) {
-      int fd = ::open(o.keysOut.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-      if (fd < 0 || !(out = ::fdopen(fd, "w"))) {
-        if (fd >= 0) ::close(fd);
-        return fail(fmt::format("Failed to open {}: {}", o.keysOut, std::strerror(errno)));
-      }
-    }
+    FILE* out = keysFile ? keysFile : stdout;
     std::string buf;
     buf.reserve(kTokenLength + 1);
     for (const auto& [line, key] : keys) {
@@ -1088,7 +1108,12 @@ int runImport(const std::string& dbDir, const ImportOptions& o) {
     }
     minted = keys.size();
     bool ok = std::fflush(out) == 0;
-    if (out != stdout) ok = std::fclose(out) == 0 && ok;
+    if (keysFile) {
+      ok = std::fclose(keysFile) == 0 && ok;
+      keysFile = nullptr;
+      // Made by this run and left empty (no minted token was committed): a rerun may use it.
+      if (ok && keys.empty()) ::unlink(o.keysOut.c_str());
+    }
     if (!ok) return fail(fmt::format("Failed to write the minted keys: {}", std::strerror(errno)));
   }
 
@@ -1097,8 +1122,9 @@ int runImport(const std::string& dbDir, const ImportOptions& o) {
     fmt::print(stderr,
                "tokenctl: the import stopped: the failed batch was rolled back; {} of {} tokens "
                "(the first in id order) were written before it{}. Rerun the same input with "
-               "--skip-existing to write the rest (lines without a key mint new ones).\n",
-               written, entries.size(), minted ? " and their minted keys printed" : "");
+               "--skip-existing to write the rest (lines without a key mint new ones{}).\n",
+               written, entries.size(), minted ? " and their minted keys printed" : "",
+               o.keysOut.empty() ? "" : "; give a new --keys-out file");
     return kExitFailed;
   }
   if (!o.quiet) {

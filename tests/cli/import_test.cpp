@@ -2,7 +2,9 @@
 #include <doctest/doctest.h>
 #include <openssl/sha.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
@@ -218,6 +220,61 @@ TEST_SUITE("TokenctlImport") {
     struct stat st {};
     REQUIRE(::stat(path.c_str(), &st) == 0);
     CHECK((st.st_mode & 0777) == 0600);
+  }
+
+  TEST_CASE("--keys-out refuses an existing file and a symlink before writing anything") {
+    Ctl ctl;
+    ctl.ok({"users", "create", "gina"});
+    const std::string input = "{\"user\":\"gina\"}\n";
+    auto write = [](const std::string& path, const std::string& text, mode_t mode) {
+      FILE* f = std::fopen(path.c_str(), "w");
+      REQUIRE(f);
+      std::fputs(text.c_str(), f);
+      std::fclose(f);
+      REQUIRE(::chmod(path.c_str(), mode) == 0);
+    };
+    auto modeOf = [](const std::string& path) {
+      struct stat st {};
+      REQUIRE(::lstat(path.c_str(), &st) == 0);
+      return st.st_mode & 0777;
+    };
+
+    // An existing world-readable file keeps its bytes and its mode; nothing is imported.
+    std::string existing = ctl.dir / "existing";
+    write(existing, "old\n", 0644);
+    RunResult r = ctl.import(input, {"--keys-out", existing});
+    CHECK(r.status == 1);
+    CHECK(r.err.find("--keys-out " + existing + " already exists") != std::string::npos);
+    CHECK(r.err.find("nothing was written") != std::string::npos);
+    CHECK(tokend::test::readFile(existing) == "old\n");
+    CHECK(modeOf(existing) == 0644);
+    CHECK(ctl.tokenCount() == 0);
+
+    // A symlink to a 0666 file is not followed; nor is a dangling one (its target is not made).
+    std::string target = ctl.dir / "target", link = ctl.dir / "link";
+    write(target, "", 0666);
+    REQUIRE(::symlink(target.c_str(), link.c_str()) == 0);
+    r = ctl.import(input, {"--keys-out", link});
+    CHECK(r.status == 1);
+    CHECK(r.err.find("already exists") != std::string::npos);
+    CHECK(tokend::test::readFile(target).empty());
+    std::string nowhere = ctl.dir / "nowhere", dangling = ctl.dir / "dangling";
+    REQUIRE(::symlink(nowhere.c_str(), dangling.c_str()) == 0);
+    r = ctl.import(input, {"--keys-out", dangling});
+    CHECK(r.status == 1);
+    struct stat st {};
+    CHECK(::stat(nowhere.c_str(), &st) != 0);
+    CHECK(ctl.tokenCount() == 0);
+
+    // A new file is made 0600 even under umask 0, and holds the key.
+    std::string fresh = ctl.dir / "fresh";
+    mode_t old = ::umask(0);
+    r = ctl.import(input, {"--keys-out", fresh});
+    ::umask(old);
+    REQUIRE(r.status == 0);
+    CHECK(modeOf(fresh) == 0600);
+    CHECK(lines(tokend::test::readFile(fresh)).size() == 1);
+    CHECK(ctl.tokenCount() == 1);
   }
 
   TEST_CASE("user mode refuses import") {
