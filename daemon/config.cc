@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "base/duration.h"
+#include "base/size.h"
 
 namespace tokend::daemon {
 namespace {
@@ -31,28 +32,6 @@ void addDuration(CLI::App& app, const std::string& flag, const std::string& env,
   } else {
     opt->envname(alias);
   }
-}
-
-// "512K", "64M", "2G", "1T" (powers of 1024) or plain bytes; nullopt when it does not parse.
-std::optional<size_t> parseSize(const std::string& text) {
-  if (text.empty() || text[0] < '0' || text[0] > '9') return std::nullopt;
-  size_t pos = 0;
-  unsigned long long n = 0;
-  try {
-    n = std::stoull(text, &pos);
-  } catch (const std::exception&) {
-    return std::nullopt;
-  }
-  std::string unit = text.substr(pos);
-  if (unit.size() == 2 && (unit[1] == 'B' || unit[1] == 'b')) unit.pop_back();
-  int shift = unit.empty()                 ? 0
-              : unit == "K" || unit == "k" ? 10
-              : unit == "M" || unit == "m" ? 20
-              : unit == "G" || unit == "g" ? 30
-              : unit == "T" || unit == "t" ? 40
-                                           : -1;
-  if (shift < 0 || n > (std::numeric_limits<size_t>::max() >> shift)) return std::nullopt;
-  return static_cast<size_t>(n) << shift;
 }
 
 }  // namespace
@@ -98,7 +77,8 @@ ParseOutcome parseConfig(int argc, char** argv, Config& c, int& exitCode) {
            c.maxDbSize = *n;
          },
          "Largest size the key database may grow to (K, M, G, T suffixes); a write past it is "
-         "refused and verification goes on (default 1T)")
+         "refused and verification goes on. Stored in the database: without it, the stored cap "
+         "holds (default 1T), and tokenctl enforces it too")
       ->envname("TOKEND_MAX_DB_SIZE");
   app.add_option("--max-connections", c.loop.maxConnections,
                  "Connections served at once; more are closed")

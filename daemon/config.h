@@ -18,12 +18,12 @@ struct Config {
   unsigned socketMode = 0660;
   LoopConfig loop;
   size_t cacheEntries = 1 << 16;  // slots in the shared-memory cache (a power of two)
-  size_t maxDbSize = 0;           // bytes the LMDB map may grow to; 0: KeyDbOptions' default
+  size_t maxDbSize = 0;           // bytes the LMDB map may grow to; 0: the stored cap
   std::vector<uid_t> shmAllowUids;
   std::vector<gid_t> shmAllowGids;
   verifier::LifetimeConfig lifetimes;
   int writebackIntervalMs = 250;  // SPEC 3: at least once a second
-  int invalidationPollUs = 250;  // how often the changelog watcher looks (SPEC 6: within 10 ms)
+  int invalidationPollUs = 250;   // how often the changelog watcher looks (SPEC 6: within 10 ms)
   bool createAdmin = true;        // a fresh data dir gets an owner "admin" and a first token
   std::string logLevel = "info";
 };

@@ -20,6 +20,7 @@ namespace {
 
 constexpr const char* kMetaSchema = "schema";
 constexpr const char* kMetaTrimmedThrough = "trimmed_through";
+constexpr const char* kMetaMaxMapSize = "max_map_size";
 // Seven named databases; LMDB sizes its handle table by this, so leave a little room.
 constexpr MDB_dbi kMaxDbs = 10;
 // MDB_MAP_RESIZED again right after adopting the new size means another process keeps growing
@@ -594,21 +595,22 @@ Result<void> Writer::commit() {
   return {};
 }
 
-Result<void> Writer::requireRoom() {
+Result<void> Writer::requireRoom(size_t bytes) {
   if (auto u = usable("check the room left"); !u) return u;
   MDB_envinfo info;
   MDB_stat st;
   mdb_env_info(db_.env_, &info);
   mdb_env_stat(db_.env_, &st);
   const size_t page = st.ms_psize;
-  const size_t capPages = db_.options_.maxMapSize / page;
+  const size_t cap = db_.maxMapSize();
+  const size_t capPages = cap / page;
   const size_t usedPages = info.me_last_pgno + 1;
   size_t freePages = capPages > usedPages ? capPages - usedPages : 0;
   // Pages on LMDB's free list (FREE_DBI, handle 0): each value is an ID list whose first word is
   // its length. Walked only when the never-used pages alone fall short.
   size_t reserve = db_.options_.reserveBytes;
-  if (reserve == 0) reserve = std::min<size_t>(db_.options_.maxMapSize / 8, size_t{4} << 20);
-  if (freePages * page < reserve) {
+  if (reserve == 0) reserve = std::min<size_t>(cap / 8, size_t{4} << 20);
+  if (freePages * page < reserve + bytes) {
     // LMDB lets only read-only transactions open a cursor on the free list. A short one beside
     // this write (MDB_NOTLS) sees the same last commit; no remap can start while we write.
     MDB_txn* rtxn = nullptr;
@@ -626,10 +628,12 @@ Result<void> Writer::requireRoom() {
       }
     }
   }
-  if (freePages * page >= reserve) return {};
+  if (freePages * page >= reserve + bytes) return {};
   return makeError("the key database is full: " + std::to_string(freePages * page / 1024) +
-                       " KiB left of its " + std::to_string(db_.options_.maxMapSize >> 10) +
-                       " KiB cap, and the last " + std::to_string(reserve / 1024) +
+                       " KiB left of its " + std::to_string(cap >> 10) + " KiB cap" +
+                       (bytes ? ", this write needs about " + std::to_string(bytes >> 10) + " KiB"
+                              : std::string()) +
+                       ", and the last " + std::to_string(reserve / 1024) +
                        " KiB are kept for deletes and updates (delete tokens, or raise "
                        "--max-db-size)",
                    -ENOSPC);
@@ -651,7 +655,9 @@ Result<std::unique_ptr<KeyDb>> KeyDb::open(const std::string& dir, const KeyDbOp
     return mdbError("create LMDB environment", rc);
   }
   MDB_env* env = db->env_;
-  size_t initial = pageRound(std::max<size_t>(options.initialMapSize, 1));
+  size_t initial = options.initialMapSize;
+  if (options.maxMapSize != 0) initial = std::min(initial, options.maxMapSize);
+  initial = pageRound(std::max<size_t>(initial, 1));
   if (int rc = mdb_env_set_maxdbs(env, kMaxDbs)) return mdbError(what, rc);
   if (int rc = mdb_env_set_maxreaders(env, options.maxReaders)) return mdbError(what, rc);
   if (int rc = mdb_env_set_mapsize(env, initial)) return mdbError(what, rc);
@@ -676,6 +682,14 @@ Result<std::unique_ptr<KeyDb>> KeyDb::open(const std::string& dir, const KeyDbOp
   }
   db->maxKeySize_ = static_cast<size_t>(mdb_env_get_maxkeysize(env));
   if (auto r = db->openDatabases(what); !r) return r.error();
+  // A map above the cap (the default initial size, or a size another process grew to) shrinks to
+  // it when the data fits, so that MDB_MAP_FULL, not only requireRoom(), stops at the cap.
+  mdb_env_info(env, &info);
+  const size_t used = (info.me_last_pgno + 1) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t cap = pageRound(db->maxMapSize());
+  if (info.me_mapsize > cap && used <= cap) {
+    if (int rc = mdb_env_set_mapsize(env, cap)) return mdbError(what, rc);
+  }
   return db;
 }
 
@@ -733,6 +747,11 @@ Result<void> KeyDb::openDatabases(const std::string& what) {
     int rc = 0;
     std::string failedWhat;
     auto r = setup(txn, false, rc, failedWhat);
+    if (r && !rc) {
+      failedWhat = what + ": the stored cap";
+      rc = options_.maxMapSize ? 0 : readCap(txn);
+      if (options_.maxMapSize) maxMapSize_.store(options_.maxMapSize, std::memory_order_relaxed);
+    }
     if (!r || rc) {
       mdb_txn_abort(txn);
       return r ? Result<void>(mdbError(failedWhat, rc)) : r;
@@ -747,8 +766,33 @@ Result<void> KeyDb::openDatabases(const std::string& what) {
     std::string failedWhat;
     if (auto r = setup(w.txn_, true, rc, failedWhat); !r) return r;
     if (rc) return w.failed(rc, failedWhat);
+    // An explicit cap replaces the stored one for every process; else the stored one holds.
+    if (options_.maxMapSize != 0) {
+      if ((rc = readCap(w.txn_))) return w.failed(rc, what + ": the stored cap");
+      if (maxMapSize() != options_.maxMapSize || !capStored_) {
+        std::string cap = leBytes(options_.maxMapSize, 8);
+        if ((rc = w.put(meta_, kMetaMaxMapSize, cap))) return w.failed(rc, what + ": the cap");
+        maxMapSize_.store(options_.maxMapSize, std::memory_order_relaxed);
+      }
+    } else if ((rc = readCap(w.txn_))) {
+      return w.failed(rc, what + ": the stored cap");
+    }
+    capReady_ = true;
     return {};
   });
+}
+
+int KeyDb::readCap(MDB_txn* txn) {
+  MDB_val k = val(kMetaMaxMapSize), v;
+  int rc = mdb_get(txn, meta_, &k, &v);
+  capStored_ = rc == 0;
+  if (rc == MDB_NOTFOUND) return 0;
+  if (rc) return rc;
+  if (v.mv_size != 8) return MDB_CORRUPTED;
+  uint64_t cap = fromLe(view(v));
+  if (cap == 0) return MDB_CORRUPTED;
+  maxMapSize_.store(static_cast<size_t>(cap), std::memory_order_relaxed);
+  return 0;
 }
 
 KeyDb::~KeyDb() {
@@ -807,12 +851,14 @@ Result<void> KeyDb::resizeMap(bool grow) {
     MDB_envinfo info;
     mdb_env_info(env_, &info);
     size_t current = info.me_mapsize;
-    if (current >= options_.maxMapSize) {
-      return makeError("Failed to grow the map beyond maxMapSize (" + std::to_string(current) +
-                           " bytes): " + mdb_strerror(MDB_MAP_FULL),
-                       -ENOSPC);
+    const size_t cap = maxMapSize();
+    if (current >= cap) {
+      return makeError(
+          "the key database is full: the map reached its " + std::to_string(cap >> 10) +
+              " KiB cap (delete tokens, or raise --max-db-size): " + mdb_strerror(MDB_MAP_FULL),
+          -ENOSPC);
     }
-    size = current > options_.maxMapSize / 2 ? options_.maxMapSize : current * 2;
+    size = current > cap / 2 ? cap : current * 2;
     size = pageRound(size);
   }
   if (int rc = mdb_env_set_mapsize(env_, size)) {
@@ -845,6 +891,10 @@ Result<void> KeyDb::update(const std::function<Result<void>(Writer&)>& fn) {
         w.abort();  // no-op once committed
         leaveMap(writerUse_);
       });
+      // The cap another process may have set since: one cap for every process.
+      if (capReady_) {
+        if (int c = readCap(w.txn_)) return Result<void>(mdbError("read the stored cap", c));
+      }
       Result<void> result = fn(w);
       if (result && !w.mapFull_ && !w.done_) result = w.commit();
       return result;

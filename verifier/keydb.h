@@ -1,7 +1,8 @@
 // KeyDb: the LMDB key database of users and tokens, with the changelog a running daemon follows.
 //
 // Layout: one LMDB environment (a directory, the daemon's data dir) with named databases
-//   meta        "schema" -> u32 version; "trimmed_through" -> u64 txn id (changelog trimmed up to)
+//   meta        "schema" -> u32 version; "trimmed_through" -> u64 txn id (changelog trimmed up to);
+//               "max_map_size" -> u64 bytes (the cap every process enforces, KeyDbOptions)
 //   users       uuid[16]            -> UserRecord
 //   usernames   username            -> uuid[16]
 //   tokens      id[10]              -> TokenRecord
@@ -43,11 +44,19 @@ namespace tokend::verifier {
 
 inline constexpr uint32_t kSchemaVersion = 1;
 
+// The cap on the map (--max-db-size) when the database stores none, and the least one taken.
+inline constexpr size_t kDefaultMaxMapSize = size_t{1} << 40;
+inline constexpr size_t kMinMaxMapSize = size_t{256} << 10;
+
 struct KeyDbOptions {
-  size_t initialMapSize = size_t{64} << 20;  // grown by doubling on MDB_MAP_FULL
-  size_t maxMapSize = size_t{1} << 40;
-  // Writer::requireRoom() refuses growth when less than this is left below maxMapSize (0:
-  // maxMapSize / 8, at most 4 MiB), so that deletes and updates, which need a few fresh pages
+  size_t initialMapSize = size_t{64} << 20;  // grown by doubling on MDB_MAP_FULL; at most the cap
+  // The cap the map may grow to, one for every process on the database: 0 adopts the cap stored
+  // in meta ("max_map_size"; kDefaultMaxMapSize when none is), any other value replaces the
+  // stored cap (a read-only open only uses it). A KeyDb rereads the stored cap at each write
+  // transaction, so a cap another process sets holds here from the next write on.
+  size_t maxMapSize = 0;
+  // Writer::requireRoom() refuses growth when less than this is left below the cap (0: cap / 8,
+  // at most 4 MiB), so that deletes and updates, which need a few fresh pages
   // themselves (copy-on-write), still work in a full database and can make room again.
   size_t reserveBytes = 0;
   unsigned maxReaders = 1024;
@@ -148,10 +157,11 @@ class Writer : public Txn {
   Result<void> putToken(const TokenRecord& t);
   // Deletes the token and its index entries (-ENOENT if there is no such token).
   Result<void> deleteToken(std::string_view id);
-  // For operations that grow the database (new users, tokens, sessions): -ENOSPC when less than
-  // KeyDbOptions::reserveBytes is left below maxMapSize (never-used pages plus LMDB's free list),
-  // so that a full database still takes deletes, expiries and write-backs, which free space.
-  Result<void> requireRoom();
+  // For operations that grow the database (new users, tokens, sessions): -ENOSPC ("the key
+  // database is full: ...") when less than KeyDbOptions::reserveBytes plus `bytes` (what a bulk
+  // write expects to add) is left below the cap (never-used pages plus LMDB's free list), so
+  // that a full database still takes deletes, expiries and write-backs, which free space.
+  Result<void> requireRoom(size_t bytes = 0);
   // update() commits after `fn` returns; call this only to see a commit error inside `fn`.
   // Refused after a failed write in this transaction (LMDB may have applied part of it).
   Result<void> commit();
@@ -204,6 +214,8 @@ class KeyDb {
   // The id of the last committed write transaction of any process (cheap: no transaction).
   uint64_t lastTxnId() const;
   size_t mapSize() const;
+  // The cap in force (KeyDbOptions::maxMapSize), as of this process's last write transaction.
+  size_t maxMapSize() const { return maxMapSize_.load(std::memory_order_relaxed); }
   MDB_env* env() { return env_; }
 
  private:
@@ -216,11 +228,17 @@ class KeyDb {
   void leaveMap(detail::MapUse& use);
   // Remaps: doubles the map (grow) or adopts the size another process committed (!grow).
   Result<void> resizeMap(bool grow);
+  // Reads the stored cap in `txn` into maxMapSize_ (kept when none is stored).
+  int readCap(MDB_txn* txn);
   std::string dir_;
   MDB_env* env_ = nullptr;
   MDB_dbi meta_ = 0, users_ = 0, usernames_ = 0, tokens_ = 0, tokenNames_ = 0, userTokens_ = 0,
           changelog_ = 0;
   KeyDbOptions options_;
+  // relaxed: written under writeMu_ (or at open) and read by the writer and for reports only.
+  std::atomic<size_t> maxMapSize_{kDefaultMaxMapSize};
+  bool capStored_ = false;  // meta holds a cap (as of the last readCap); under writeMu_
+  bool capReady_ = false;   // the databases are open, so readCap() can run
   size_t maxKeySize_ = 0;
   // Guards mapUsers_ and is held across a remap; also keeps mdb_env_info off a map being swapped.
   mutable std::mutex mapMu_;

@@ -492,7 +492,7 @@ TEST_SUITE("KeyDb") {
     });
     REQUIRE_FALSE(r);
     CHECK(r.error().code == -ENOSPC);
-    CHECK(r.error().message.find("maxMapSize") != std::string::npos);
+    CHECK(r.error().message.find("the key database is full") != std::string::npos);
     CHECK(db->lastTxnId() == txn);
   }
 
