@@ -54,7 +54,8 @@ class Backend {
                                     const std::string& object, const std::string& owner) = 0;
 };
 
-Result<std::unique_ptr<Backend>> openOperatorBackend(const std::string& dbDir);
+// `maxDbSize`: KeyDbOptions::maxMapSize (0: the cap stored in the database).
+Result<std::unique_ptr<Backend>> openOperatorBackend(const std::string& dbDir, size_t maxDbSize);
 Result<std::unique_ptr<Backend>> openSocketBackend(const std::string& socketPath,
                                                    const std::string& token);
 

@@ -892,7 +892,9 @@ int runImport(const std::string& dbDir, const ImportOptions& o) {
     if (in != stdin) std::fclose(in);
   });
 
-  auto db = KeyDb::open(dbDir);
+  KeyDbOptions dbOptions;
+  dbOptions.maxMapSize = o.maxDbSize;
+  auto db = KeyDb::open(dbDir, dbOptions);
   if (!db) return fail(db.error().message);
 
   // 1. Read and parse, on every core.
@@ -1053,10 +1055,16 @@ int runImport(const std::string& dbDir, const ImportOptions& o) {
         refs.push_back({e.idView(), e.record(), &users.at(e.user).id, e.name()});
         ++inBatch;
       }
-      size_t failedAt = 0;
+      // What the batch adds, doubled for half-full index pages and copied branch pages: a batch
+      // is refused with "the key database is full" rather than let into the reserve for deletes.
+      size_t growth = 0;
+      for (const NewTokenRef& t : refs) growth += 2 * (t.encoded.size() + t.name.size() + 96);
+      size_t failedAt = refs.size();
       size_t created = 0;
       auto r = (*db)->update([&](Writer& w) -> Result<void> {
         created = 0;
+        failedAt = refs.size();
+        if (auto room = w.requireRoom(growth); !room) return room;
         if (first) {
           for (const UserSlot& u : users.all()) {
             if (!u.create) continue;

@@ -51,6 +51,7 @@ struct ImportOptions {
   bool dryRun = false;        // check everything against the database, write nothing
   bool quiet = false;         // no progress lines
   unsigned threads = 0;       // parsing threads; 0: one per core
+  size_t maxDbSize = 0;       // KeyDbOptions::maxMapSize: 0 keeps the database's stored cap
 };
 
 struct ImportCommand {

@@ -158,10 +158,12 @@ class OperatorBackend final : public Backend {
 
 }  // namespace
 
-Result<std::unique_ptr<Backend>> openOperatorBackend(const std::string& dbDir) {
+Result<std::unique_ptr<Backend>> openOperatorBackend(const std::string& dbDir, size_t maxDbSize) {
   auto config = lifetimeConfigFromEnv();
   if (!config) return config.error();
-  auto db = KeyDb::open(dbDir);
+  KeyDbOptions options;
+  options.maxMapSize = maxDbSize;
+  auto db = KeyDb::open(dbDir, options);
   if (!db) return db.error();
   return std::unique_ptr<Backend>(new OperatorBackend(std::move(*db), *config));
 }

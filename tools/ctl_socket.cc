@@ -140,7 +140,9 @@ class SocketBackend final : public Backend {
 
   Result<Json> call(const std::string& method, const std::string& path,
                     const Json& body = nullptr) {
-    if (token_.empty()) return makeError("user mode needs --token TOKEN (or TOKEND_TOKEN)");
+    if (token_.empty()) {
+      return makeError("user mode needs a token: TOKEND_TOKEN or --token-file FILE");
+    }
     std::string payload = body.is_null() ? std::string() : body.dump();
     std::string req = fmt::format(
         "{} {} HTTP/1.1\r\nHost: tokend\r\nCoder-Session-Token: {}\r\nConnection: close\r\n"

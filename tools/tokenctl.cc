@@ -1,15 +1,22 @@
 // tokenctl: the admin and user CLI for tokend's users, tokens and sessions (SPEC 8).
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 
 #include "base/duration.h"
+#include "base/size.h"
+#include "base/unique_fd.h"
 #include "tools/ctl_backend.h"
 #include "tools/ctl_import.h"
+#include "verifier/keydb.h"
+#include "verifier/token.h"
 
 namespace tokend::tools {
 namespace {
@@ -115,6 +122,42 @@ int fail(const Error& e) {
   return kExitFailed;
 }
 
+// The first line of `fd` without its line end: a token from stdin (`check -`) or --token-file.
+// Reads byte by byte up to the newline, so that nothing after the first line is consumed.
+Result<std::string> readFirstLine(int fd, const std::string& what) {
+  constexpr size_t kMaxLine = 4096;
+  std::string line;
+  for (char c; line.size() < kMaxLine;) {
+    ssize_t n = ::read(fd, &c, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::fromErrno(errno, "Failed to read the token from " + what);
+    if (n == 0 || c == '\n') break;
+    line.push_back(c);
+  }
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  if (line.empty()) return makeError("no token on the first line of " + what);
+  return line;
+}
+
+Result<std::string> readTokenFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (!fd) return Error::fromErrno(errno, "Failed to open the token file " + path);
+  return readFirstLine(fd.get(), path);
+}
+
+// Every local user reads another process's command line (ps, /proc/<pid>/cmdline). A secret
+// given there anyway is masked in place once parsed, which shortens, but cannot close, the
+// window in which it shows.
+void maskOnCommandLine(int argc, char** argv, const std::string& secret) {
+  if (secret.empty()) return;
+  for (int i = 1; i < argc; ++i) {
+    for (char* at = std::strstr(argv[i], secret.c_str()); at;
+         at = std::strstr(at + secret.size(), secret.c_str())) {
+      std::memset(at, '*', secret.size());
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -122,7 +165,9 @@ int main(int argc, char** argv) {
       "tokenctl: manage tokend's users, API tokens and sessions, and check tokens.\n\n"
       "Operator mode (--db DIR or TOKEND_DB) works on the key database in the daemon's data dir\n"
       "directly; the database's file permissions are the only gate. User mode (--socket PATH with\n"
-      "--token TOKEN or TOKEND_TOKEN) goes through the daemon as the token's user.",
+      "TOKEND_TOKEN or --token-file FILE) goes through the daemon as the token's user.\n"
+      "Keep tokens off the command line, where every local user sees them (ps): `check -` reads\n"
+      "the token from stdin; a token given as an argument works but draws a warning.",
       "tokenctl"};
   app.require_subcommand(1);
   Options o;
@@ -131,7 +176,25 @@ int main(int argc, char** argv) {
   o.socket = envOr("TOKEND_SOCKET");
   app.add_option("--db", o.db, "Operator mode: the daemon's data dir (env TOKEND_DB)");
   app.add_option("--socket", o.socket, "User mode: the daemon's Unix socket (env TOKEND_SOCKET)");
-  app.add_option("--token", o.token, "User mode: act as this token's user (env TOKEND_TOKEN)");
+  app.add_option("--token", o.token,
+                 "User mode: act as this token's user; every local user sees it in ps: prefer "
+                 "env TOKEND_TOKEN or --token-file");
+  std::string tokenFile;
+  app.add_option("--token-file", tokenFile,
+                 "User mode: act as the user of the token on this file's first line");
+  size_t maxDbSize = 0;
+  app.add_option_function<std::string>(
+         "--max-db-size",
+         [&maxDbSize](const std::string& text) {
+           auto n = parseSize(text);
+           if (!n || *n < verifier::kMinMaxMapSize)
+             throw CLI::ValidationError("--max-db-size",
+                                        "want a size of at least 256K, like 512M or 2G");
+           maxDbSize = *n;
+         },
+         "Operator mode: the cap on the key database's size (K, M, G, T), as tokend's; stored in "
+         "the database for every process (without it, the stored cap holds)")
+      ->envname("TOKEND_MAX_DB_SIZE");
 
   // users
   auto* users = app.add_subcommand("users", "Manage users");
@@ -192,14 +255,16 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"table", "json"}));
   std::string tokenRef, tokenUser;
   auto* tokensView = tokens->add_subcommand("view", "Show one token");
-  tokensView->add_option("token", tokenRef, "Name, id or the token itself")->required();
+  tokensView->add_option("token", tokenRef, "Name or id (or the token itself: shows in ps)")
+      ->required();
   tokensView->add_option("--user", tokenUser, "The user whose token name this is");
   tokensView->add_option("-o,--output", tokenOutput, "table or json")
       ->check(CLI::IsMember({"table", "json"}));
   bool hardDelete = false;
   auto* tokensRemove =
       tokens->add_subcommand("remove", "Expire a token now (the record is kept), or delete it");
-  tokensRemove->add_option("token", tokenRef, "Name, id or the token itself")->required();
+  tokensRemove->add_option("token", tokenRef, "Name or id (or the token itself: shows in ps)")
+      ->required();
   tokensRemove->add_option("--user", tokenUser, "The user whose token name this is");
   tokensRemove->add_flag("--delete", hardDelete, "Delete the record instead of expiring it");
 
@@ -217,7 +282,10 @@ int main(int argc, char** argv) {
   std::string checkToken, checkPerm, checkObject, checkOwner;
   auto* check = app.add_subcommand(
       "check", "Verify a token; prints the text protocol's answer line; exit 0 allowed, 1 denied");
-  check->add_option("token", checkToken, "The token")->required();
+  check
+      ->add_option("token", checkToken,
+                   "- to read the token from stdin (or the token itself: shows in ps)")
+      ->required();
   check->add_option("permission", checkPerm, "resource:action");
   check->add_option("object", checkObject, "type:uuid");
   check->add_option("--owner", checkOwner, "The object's owner (user uuid)");
@@ -233,6 +301,48 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : kExitUsage;
   }
 
+  // Secrets: from a file or stdin; one given as an argument still works, with one warning.
+  bool secretOnArgv = false;
+  if (app.get_option("--token")->count() > 0) {
+    if (!tokenFile.empty()) {
+      fmt::print(stderr, "tokenctl: give --token or --token-file, not both\n");
+      return kExitUsage;
+    }
+    secretOnArgv = true;
+    maskOnCommandLine(argc, argv, o.token);
+  }
+  if (!tokenFile.empty()) {
+    auto t = readTokenFile(tokenFile);
+    if (!t) {
+      fmt::print(stderr, "tokenctl: {}\n", t.error().message);
+      return kExitUsage;
+    }
+    o.token = std::move(*t);
+  }
+  if (check->parsed()) {
+    if (checkToken == "-") {
+      auto t = readFirstLine(STDIN_FILENO, "stdin");
+      if (!t) {
+        fmt::print(stderr, "tokenctl: check -: {}\n", t.error().message);
+        return kExitUsage;
+      }
+      checkToken = std::move(*t);
+    } else {
+      secretOnArgv = true;
+      maskOnCommandLine(argc, argv, checkToken);
+    }
+  }
+  if ((tokensView->parsed() || tokensRemove->parsed()) && verifier::parseToken(tokenRef)) {
+    secretOnArgv = true;
+    maskOnCommandLine(argc, argv, tokenRef);
+  }
+  if (secretOnArgv) {
+    fmt::print(stderr,
+               "tokenctl: warning: a token on the command line is visible to every local user "
+               "(ps, /proc/<pid>/cmdline): use `check -` (the token on stdin), TOKEND_TOKEN or "
+               "--token-file FILE, and name a token to view or remove by its id or name\n");
+  }
+
   if (o.db.empty() && o.socket.empty()) {
     fmt::print(stderr,
                "tokenctl: name the database with --db DIR (or TOKEND_DB), or the daemon with "
@@ -245,10 +355,11 @@ int main(int argc, char** argv) {
                  "tokenctl: import works in operator mode only: name the database with --db\n");
       return kExitUsage;
     }
+    import.options.maxDbSize = maxDbSize;
     return runImport(o.db, import.options);
   }
   Result<std::unique_ptr<Backend>> backend = [&]() -> Result<std::unique_ptr<Backend>> {
-    if (!o.db.empty()) return openOperatorBackend(o.db);
+    if (!o.db.empty()) return openOperatorBackend(o.db, maxDbSize);
     return openSocketBackend(o.socket, o.token);
   }();
   if (!backend) {

@@ -46,6 +46,16 @@ std::string ws(const char* id) {
   return std::string("workspace:") + id;
 }
 
+// How many times tokenctl warned that a secret was on its command line.
+size_t argvWarnings(const std::string& err) {
+  size_t n = 0;
+  for (size_t at = err.find("warning: a token on the command line"); at != std::string::npos;
+       at = err.find("warning: a token on the command line", at + 1)) {
+    ++n;
+  }
+  return n;
+}
+
 }  // namespace
 
 TEST_SUITE("Tokenctl") {
@@ -297,5 +307,58 @@ TEST_SUITE("Tokenctl") {
     RunResult help = run({ctl.bin, "tokens", "create", "--help"});
     CHECK(help.status == 0);
     CHECK(help.out.find("--scope") != std::string::npos);
+  }
+
+  TEST_CASE("check - reads the token from stdin; a token on the command line draws one warning") {
+    Ctl ctl;
+    ctl.ok({"users", "create", "alice"});
+    std::string token = ctl.ok({"tokens", "create", "--user", "alice", "--name", "t"});
+    auto stdinCheck = [&](const std::string& input, std::vector<std::string> more = {}) {
+      std::vector<std::string> argv = {ctl.bin, "--db", ctl.dir / "data", "check", "-"};
+      argv.insert(argv.end(), more.begin(), more.end());
+      return run(argv, {}, input);
+    };
+
+    // From stdin: one line, its newline (and a CR before it) stripped; no warning.
+    for (const std::string& input : {token + "\n", token, token + "\r\n", token + "\nmore\n"}) {
+      RunResult r = stdinCheck(input);
+      CAPTURE(input);
+      CHECK(r.status == 0);
+      CHECK(r.out.rfind("OK ", 0) == 0);
+      CHECK(r.err.empty());
+    }
+    RunResult scoped = stdinCheck(token + "\n", {"template:read"});
+    CHECK(scoped.status == 0);
+    CHECK(scoped.out.rfind("OK ", 0) == 0);
+    RunResult wrong = stdinCheck("AAAAAAAAAA-0123456789012345678901\n");
+    CHECK(wrong.status == 1);
+    CHECK(wrong.out == "DENY unknown 401\n");
+    RunResult none = stdinCheck("");
+    CHECK(none.status == 2);
+    CHECK(none.err == "tokenctl: check -: no token on the first line of stdin\n");
+
+    // On the command line it still works, with one warning that names the safe ways.
+    RunResult argv = ctl({"check", token});
+    CHECK(argv.status == 0);
+    CHECK(argvWarnings(argv.err) == 1);
+    CHECK(argv.err.find("`check -`") != std::string::npos);
+    CHECK(argv.err.find("TOKEND_TOKEN") != std::string::npos);
+    CHECK(argv.err.find("--token-file") != std::string::npos);
+    CHECK(argv.err.find(token) == std::string::npos);
+
+    // tokens view/remove: the whole token warns, its id or name does not.
+    std::string id = token.substr(0, 10);
+    RunResult byToken = ctl({"tokens", "view", token, "-o", "json"});
+    CHECK(byToken.status == 0);
+    CHECK(argvWarnings(byToken.err) == 1);
+    for (const std::string& ref : {id, std::string("t")}) {
+      RunResult r = ctl({"tokens", "view", ref, "--user", "alice", "-o", "json"});
+      CHECK(r.status == 0);
+      CHECK(r.err.empty());
+    }
+    RunResult remove = ctl({"tokens", "remove", token});
+    CHECK(remove.status == 0);
+    CHECK(argvWarnings(remove.err) == 1);
+    CHECK(ctl({"users", "list"}).err.empty());
   }
 }
