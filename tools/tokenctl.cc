@@ -147,13 +147,13 @@ Result<std::string> readTokenFile(const std::string& path) {
 
 // Every local user reads another process's command line (ps, /proc/<pid>/cmdline). A secret
 // given there anyway is masked in place once parsed, which shortens, but cannot close, the
-// window in which it shows.
+// window in which it shows. Only the argument that is the secret ("T", or "--token=T").
 void maskOnCommandLine(int argc, char** argv, const std::string& secret) {
   if (secret.empty()) return;
   for (int i = 1; i < argc; ++i) {
-    for (char* at = std::strstr(argv[i], secret.c_str()); at;
-         at = std::strstr(at + secret.size(), secret.c_str())) {
-      std::memset(at, '*', secret.size());
+    std::string_view arg = argv[i];
+    if (arg == secret || (arg.starts_with("--token=") && arg.substr(8) == secret)) {
+      std::memset(argv[i] + arg.size() - secret.size(), '*', secret.size());
     }
   }
 }

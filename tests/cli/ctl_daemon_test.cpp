@@ -1,7 +1,11 @@
 // CLI tests: tokenctl beside a running tokend: user mode's token sources, and the database size
 // cap (--max-db-size) that every process on one database enforces.
 #include <doctest/doctest.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+
+#include <csignal>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -138,6 +142,34 @@ TEST_SUITE("TokenctlUserMode") {
     RunResult checkArgv = user({"check", admin});
     CHECK(checkArgv.status == 0);
     CHECK(argvWarnings(checkArgv.err) == 1);
+  }
+}
+
+TEST_SUITE("TokenctlArgv") {
+  TEST_CASE("a token given with --token is masked in tokenctl's command line once parsed") {
+    // A socket that takes the connection and never answers holds tokenctl where the review
+    // read the whole token from /proc/<pid>/cmdline.
+    TempDir tmp;
+    const std::string path = tmp / "mute.sock";
+    tokend::UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(listener);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+    REQUIRE(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(listener.get(), 4) == 0);
+    const std::string token = "AAAAAAAAAA-0123456789012345678901";
+    Child c = spawn({programPath("TOKENCTL"), "--socket", path, "--token", token, "tokens", "list"},
+                    {{"TOKEND_DB", ""}}, tmp.path());
+    tokend::UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    REQUIRE(conn);
+    // tokenctl connects only after it parsed (and masked) its arguments.
+    std::string cmdline = readFile("/proc/" + std::to_string(c.pid) + "/cmdline");
+    conn.reset();
+    c.stop(SIGKILL);
+    CHECK(cmdline.find("--token") != std::string::npos);
+    CHECK(cmdline.find(token) == std::string::npos);
+    CHECK(cmdline.find(std::string(token.size(), '*')) != std::string::npos);
   }
 }
 
