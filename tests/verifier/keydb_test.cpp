@@ -496,6 +496,37 @@ TEST_SUITE("KeyDb") {
     CHECK(db->lastTxnId() == txn);
   }
 
+  TEST_CASE("the cap is stored: an open without one adopts it, an explicit one replaces it") {
+    TempDir tmp;
+    {
+      auto db = openDb(tmp.path);
+      CHECK(db->maxMapSize() == kDefaultMaxMapSize);
+    }
+    KeyDbOptions capped;
+    capped.maxMapSize = 512 << 10;
+    {
+      auto db = openDb(tmp.path, capped);
+      CHECK(db->maxMapSize() == 512 << 10);
+      CHECK(db->mapSize() <= 512 << 10);
+    }
+    {
+      auto db = openDb(tmp.path);  // no cap given: the stored one, and the map within it
+      CHECK(db->maxMapSize() == 512 << 10);
+      CHECK(db->mapSize() <= 512 << 10);
+    }
+    KeyDbOptions ro;
+    ro.readOnly = true;
+    {
+      auto db = openDb(tmp.path, ro);
+      CHECK(db->maxMapSize() == 512 << 10);
+    }
+    KeyDbOptions raised;
+    raised.maxMapSize = 2 << 20;
+    { auto db = openDb(tmp.path, raised); }
+    auto db = openDb(tmp.path);
+    CHECK(db->maxMapSize() == 2 << 20);
+  }
+
   TEST_CASE("a Reader sees another process's commit after renew, also when the map grew") {
     TempDir tmp;
     KeyDbOptions opts;
