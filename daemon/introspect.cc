@@ -6,7 +6,7 @@
 
 #include <algorithm>
 
-#include "base/clock.h"
+#include "base/scope_exit.h"
 #include "verifier/scopes.h"
 #include "verifier/token.h"
 
@@ -121,6 +121,7 @@ Result<ClientCredentials> parseClientCredentials(std::string_view authorization,
   c.scheme = ClientCredentials::Scheme::Basic;
   auto plain = base64Decode(trim(authorization.substr(5)));
   if (!plain) return makeError("the Basic credentials are not base64");
+  ScopeExit wipe([&] { OPENSSL_cleanse(plain->data(), plain->size()); });
   const size_t colon = plain->find(':');
   if (colon == std::string::npos) return makeError("the Basic credentials have no ':'");
   std::string_view idPart = std::string_view(*plain).substr(0, colon);
@@ -131,7 +132,7 @@ Result<ClientCredentials> parseClientCredentials(std::string_view authorization,
   auto secret = percentDecode(secretPart, scratch);
   if (!secret) return makeError("the client secret is badly encoded");
   c.token = idText + "-" + std::string(*secret);
-  OPENSSL_cleanse(plain->data(), plain->size());
+  OPENSSL_cleanse(idText.data(), idText.size());
   return c;
 }
 
