@@ -175,12 +175,12 @@ std::string encodeIntrospection(const Introspection& i) {
   return o;
 }
 
-void Introspector::handle(Service::Worker& w, const HttpRequest& r, DecodeBuffer& scratch,
-                          std::string& out) {
+std::optional<Reason> Introspector::handle(Service::Worker& w, const HttpRequest& r,
+                                           DecodeBuffer& scratch, std::string& out) {
   const bool keep = r.keepAlive;
   if (r.method != "POST") {
     reply(out, 405, keep, oauthError("invalid_request", "introspection takes POST"));
-    return;
+    return std::nullopt;
   }
   // Both schemes are offered: a client that sent neither learns what it may send.
   constexpr std::string_view kChallenge = R"(Basic realm="tokend", Bearer realm="tokend")";
@@ -188,7 +188,7 @@ void Introspector::handle(Service::Worker& w, const HttpRequest& r, DecodeBuffer
   if (!creds) {
     reply(out, 401, keep, oauthError("invalid_client", creds.error().message),
           R"(Basic realm="tokend")");
-    return;
+    return std::nullopt;
   }
   using Scheme = ClientCredentials::Scheme;
   if (creds->scheme == Scheme::None || creds->scheme == Scheme::Other || creds->token.empty()) {
@@ -197,14 +197,14 @@ void Introspector::handle(Service::Worker& w, const HttpRequest& r, DecodeBuffer
                      "authenticate with your token: Authorization: Bearer <token>, or Basic with "
                      "its id and secret"),
           kChallenge);
-    return;
+    return std::nullopt;
   }
   const bool basic = creds->scheme == Scheme::Basic;
   VerifyAnswer caller;
   if (!service_.verify(w, VerifyQuery{creds->token, {}, {}, {}}, caller)) {
     OPENSSL_cleanse(creds->token.data(), creds->token.size());
     reply(out, 500, keep, oauthError("server_error", "the key database could not be read"));
-    return;
+    return std::nullopt;
   }
   OPENSSL_cleanse(creds->token.data(), creds->token.size());
   if (caller.reason != Reason::Ok) {
@@ -214,7 +214,7 @@ void Introspector::handle(Service::Worker& w, const HttpRequest& r, DecodeBuffer
               fmt::format("your token is not valid ({})", verifier::reasonName(caller.reason))),
           basic ? std::string_view(R"(Basic realm="tokend")")
                 : std::string_view(R"(Bearer realm="tokend", error="invalid_token")"));
-    return;
+    return std::nullopt;
   }
   const std::string callerName(caller.username);
   auto callerUser = manager_.user(caller.userId.toString());
@@ -227,22 +227,22 @@ void Introspector::handle(Service::Worker& w, const HttpRequest& r, DecodeBuffer
                                  "named by --introspect-user may",
                                  callerName)),
           basic ? std::string_view() : R"(Bearer realm="tokend", error="insufficient_scope")");
-    return;
+    return std::nullopt;
   }
 
   auto form = parseIntrospectForm(r, scratch);
   if (!form) {
     reply(out, 400, keep, oauthError("invalid_request", form.error().message));
-    return;
+    return std::nullopt;
   }
   VerifyAnswer a;
   if (!service_.verify(w, VerifyQuery{form->token, {}, {}, {}}, a)) {
     reply(out, 500, keep, oauthError("server_error", "the key database could not be read"));
-    return;
+    return std::nullopt;
   }
   if (a.reason != Reason::Ok) {
     reply(out, 200, keep, kInactive);
-    return;
+    return a.reason;
   }
   Introspection i;
   i.username = std::string(a.username);
@@ -255,13 +255,14 @@ void Introspector::handle(Service::Worker& w, const HttpRequest& r, DecodeBuffer
   auto t = manager_.findToken(i.jti, a.userId);
   if (!t) {
     reply(out, 200, keep, kInactive);
-    return;
+    return Reason::Unknown;
   }
   i.scopes = t->scopes;
   i.allowList = t->allowList;
   i.iat = t->createdAt;
   i.clientId = t->name.empty() ? i.jti : t->name;
   reply(out, 200, keep, encodeIntrospection(i));
+  return Reason::Ok;
 }
 
 }  // namespace tokend::daemon

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -64,9 +65,10 @@ class Introspector {
   Introspector(Service& service, verifier::Manager& manager, std::vector<std::string> users)
       : service_(service), manager_(manager), users_(std::move(users)) {}
 
-  // Answers one request to /v1/introspect (any method: others than POST get 405).
-  void handle(Service::Worker& worker, const HttpRequest& request, DecodeBuffer& scratch,
-              std::string& out);
+  // Answers one request to /v1/introspect (any method: others than POST get 405). Returns the
+  // verdict on the introspected token when it was verified (for the request metrics).
+  std::optional<verifier::Reason> handle(Service::Worker& worker, const HttpRequest& request,
+                                         DecodeBuffer& scratch, std::string& out);
 
  private:
   Service& service_;

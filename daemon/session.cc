@@ -209,7 +209,9 @@ class ProtocolSession final : public Session {
       appendBody(out.bytes, req_.keepAlive, "text/plain; charset=utf-8",
                  why.empty() ? std::string("ok\n") : why + "\n");
     } else if (path == "/v1/introspect" && f_.introspector() != nullptr) {
-      f_.introspector()->handle(w_, req_, scratch_, out.bytes);
+      int64_t start = startTimer();
+      if (auto r = f_.introspector()->handle(w_, req_, scratch_, out.bytes))
+        count(Proto::Http, *r, start);
     } else if (path == "/metrics" && get) {
       std::string body = f_.renderMetrics();
       appendStatusLine(out.bytes, 200);

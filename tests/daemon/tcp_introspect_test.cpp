@@ -302,6 +302,12 @@ TEST_SUITE("Introspection") {
       CHECK(a.status == 200);
       CHECK(a.body == R"({"active":false})");
     }
+    // Each counts in the request metrics by the introspected token's reason.
+    std::string metrics = curl({url(w.metrics, "/metrics")}).body;
+    CHECK(metrics.find("tokend_requests_total{protocol=\"http\",reason=\"expired\"} 1\n") !=
+          std::string::npos);
+    CHECK(metrics.find("tokend_requests_total{protocol=\"http\",reason=\"user_inactive\"} 1\n") !=
+          std::string::npos);
     // Revoked while cached: inactive at once (the cache entry goes with the change).
     CHECK(Json::parse(introspect(w.http, "Bearer " + w.gatewayToken, "token=" + w.memberToken)
                           .body)["active"] == true);
