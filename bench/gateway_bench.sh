@@ -14,6 +14,13 @@
 #   trivial  the same auth_request configuration pointed at the trivial service: the floor of
 #            nginx's subrequest mechanism itself
 #
+# and, when Debian's apache2 and libapache2-mod-oauth2 are installed (APACHE=0 leaves them out),
+# the same upstreams behind one Apache (event MPM, one child process, as nginx has one worker):
+#
+#   apache-none        ProxyPass only
+#   apache-introspect  examples/apache/tokend.conf's mod_oauth2 setup: every request introspected
+#                      by tokend over --http-listen (RFC 7662, cache off: expiry=0)
+#
 # Every case sends the same request (the same Authorization header). wrk runs each case REPEAT
 # times, the cases taking turns so that a burst of unrelated load on a shared machine does not fall
 # on one case. Beside wrk's figures it reads the CPU time that the gateway's worker, the auth
@@ -25,7 +32,7 @@
 # (an optimised one: meson setup build-release --buildtype=release); DURATION [5s] per run;
 # THREADS [1] and CONNECTIONS [16] of wrk; REPEAT [3]; UPSTREAMS ["static echo"];
 # DAEMON_THREADS [1] tokend's --threads; NICE [-10 as root, else 0] the nice level of every
-# process this starts. The gateway has one worker process. Needs nginx (with auth_request), wrk,
+# process this starts; APACHE [1] adds the Apache cases. The gateway has one worker process. Needs nginx (with auth_request), wrk,
 # curl, python3.
 set -euo pipefail
 
@@ -112,8 +119,9 @@ workers_of() {
 
 # --- tokend, and a token that may read one workspace ---------------------------------------------
 sock=$tmp/data/tokend.sock
+tokend_http=127.0.0.1:$(free_port)
 "${run[@]}" "$TOKEND" --data-dir "$tmp/data" --threads "$DAEMON_THREADS" --log-level warn \
-  >"$tmp/tokend.out" 2>"$tmp/tokend.log" &
+  --http-listen "$tokend_http" --introspect-user apache >"$tmp/tokend.out" 2>"$tmp/tokend.log" &
 tokend_pid=$!
 pids+=("$tokend_pid")
 wait_http --unix-socket "$sock" http://tokend/healthz
@@ -121,6 +129,9 @@ WS=3f2504e0-4f89-41d3-9a0c-0305e82c3301
 "$TOKENCTL" --db "$tmp/data" users create bench --role owner >/dev/null
 token=$("$TOKENCTL" --db "$tmp/data" tokens create --user bench --scope workspace:read \
   --allow "workspace:$WS")
+# Apache's mod_oauth2 authenticates to the introspection endpoint with this token's id and secret.
+"$TOKENCTL" --db "$tmp/data" users create apache >/dev/null
+gateway_token=$("$TOKENCTL" --db "$tmp/data" tokens create --user apache --name mod-oauth2)
 
 # --- the upstreams and the trivial auth service ----------------------------------------------------
 declare -A upstream_addr upstream_pids
@@ -187,6 +198,64 @@ for up in $UPSTREAMS; do
 done
 start_nginx gateway "$http"
 gateway_pids=$(workers_of "$nginx_pid")
+
+# --- the gateway Apache, from examples/apache --------------------------------------------------------
+APACHE=${APACHE:-1}
+APACHE2=/usr/sbin/apache2
+MODULES=/usr/lib/apache2/modules
+apache_pids=""
+if [[ $APACHE == 1 && -x $APACHE2 && -f $MODULES/mod_oauth2.so ]]; then
+  ap=$tmp/apache
+  mkdir -p "$ap"
+  aconf="ServerRoot \"$ap\"
+ServerName 127.0.0.1
+PidFile \"$ap/httpd.pid\"
+ErrorLog \"$ap/error.log\"
+LogLevel warn
+$([[ $(id -u) -eq 0 ]] && printf 'User www-data\nGroup www-data')
+LoadModule mpm_event_module $MODULES/mod_mpm_event.so
+LoadModule authn_core_module $MODULES/mod_authn_core.so
+LoadModule authz_core_module $MODULES/mod_authz_core.so
+LoadModule authz_user_module $MODULES/mod_authz_user.so
+LoadModule proxy_module $MODULES/mod_proxy.so
+LoadModule proxy_http_module $MODULES/mod_proxy_http.so
+LoadModule oauth2_module $MODULES/mod_oauth2.so
+# One child process with enough threads for wrk's connections: nginx's one worker's counterpart.
+StartServers 1
+ServerLimit 1
+MinSpareThreads 1
+MaxSpareThreads 256
+ThreadsPerChild 256
+MaxRequestWorkers 256
+MaxConnectionsPerChild 0
+KeepAlive On
+MaxKeepAliveRequests 0"
+  for up in $UPSTREAMS; do
+    for a in apache-none apache-introspect; do
+      c=$up/$a
+      cases+=("$c")
+      port[$c]=$(free_port)
+      sed -e "s|__TOKEND_URL__|http://$tokend_http|g" -e "s|__CLIENT_ID__|${gateway_token:0:10}|g" \
+        -e "s|__CLIENT_SECRET__|${gateway_token:11}|g" -e "s|__APP__|${upstream_addr[$up]}|g" \
+        "$ROOT/examples/apache/tokend.conf" >"$ap/$up.conf"
+      body="ProxyPass \"/\" \"http://${upstream_addr[$up]}/\""
+      [[ $a == apache-introspect ]] && body="Include \"$ap/$up.conf\""
+      aconf+="
+Listen 127.0.0.1:${port[$c]}
+<VirtualHost 127.0.0.1:${port[$c]}>
+$body
+</VirtualHost>"
+    done
+  done
+  echo "$aconf" >"$ap/httpd.conf"
+  "${run[@]}" "$APACHE2" -d "$ap" -f "$ap/httpd.conf" -D FOREGROUND >"$ap/out.log" 2>&1 &
+  pids+=($!)
+  apache_pids=$(workers_of "$!")
+  for up in $UPSTREAMS; do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[$up/apache-introspect]}/api/bench") == 401 ]] ||
+      { echo "gateway_bench.sh: the $up/apache-introspect case does not verify" >&2; exit 1; }
+  done
+fi
 auth=(-H "Authorization: Bearer $token")
 for c in "${cases[@]}"; do wait_http "${auth[@]}" "http://127.0.0.1:${port[$c]}/api/bench"; done
 # tokend must really be asked: without the token its servers refuse.
@@ -221,8 +290,9 @@ to_ms() {
 # wrk_run <case> <duration> <out file>: one wrk run; <out file>.cpu gets the CPU ticks that the
 # gateway's worker, the auth service (none: 0) and the upstream spent during it
 wrk_run() {
-  local up=${1%/*} a=${1#*/} auth_pids="" g0 s0 u0
-  case $a in tokend) auth_pids=$tokend_pid ;; trivial) auth_pids=$trivial_pids ;; esac
+  local up=${1%/*} a=${1#*/} auth_pids="" g0 s0 u0 gateway_pids=$gateway_pids
+  case $a in tokend | apache-introspect) auth_pids=$tokend_pid ;; trivial) auth_pids=$trivial_pids ;; esac
+  [[ $a == apache-* ]] && gateway_pids=$apache_pids
   # shellcheck disable=SC2086 # pid lists
   {
     g0=$(cpu_ticks $gateway_pids)
@@ -261,11 +331,13 @@ plus() { awk -v a="$1" -v b="$2" -v f="${3:-%+.2f}" 'BEGIN { printf f, a - b }';
 sum() { awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN { printf "%.1f", a + b + c }'; }
 declare -A rps p50 p99 cpu_gw cpu_auth cpu_up cpu_all
 verified=0
+introspected=0
 for c in "${cases[@]}"; do
   for ((r = 0; r < REPEAT; r++)); do
     out=$tmp/${c/\//-}.$r
     n=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$out")
     [[ $c == */tokend ]] && verified=$((verified + n))
+    [[ $c == */apache-introspect ]] && introspected=$((introspected + n))
     read -r g s u <"$out.cpu"
     echo "$(sed -n 's/^Requests\/sec: *//p' "$out")" \
       "$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")" \
@@ -290,10 +362,15 @@ for c in "${cases[@]}"; do
     none) label="none" ;;
     tokend) label="auth_request -> tokend" ;;
     trivial) label="auth_request -> trivial 200" ;;
+    apache-none) label="Apache, none" ;;
+    apache-introspect) label="Apache mod_oauth2 -> tokend introspection" ;;
   esac
+  # Each gateway against itself without auth.
+  ref=$up/none
+  [[ $a == apache-* ]] && ref=$up/apache-none
   printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$up" "$label" "${rps[$c]}" \
-    "$(ratio "${rps[$c]}" "${rps[$up/none]}")" "${p50[$c]}" "${p99[$c]}" \
-    "$(plus "${p99[$c]}" "${p99[$up/none]}")" "${cpu_gw[$c]}" "${cpu_auth[$c]}" "${cpu_up[$c]}" "${cpu_all[$c]}"
+    "$(ratio "${rps[$c]}" "${rps[$ref]}")" "${p50[$c]}" "${p99[$c]}" \
+    "$(plus "${p99[$c]}" "${p99[$ref]}")" "${cpu_gw[$c]}" "${cpu_auth[$c]}" "${cpu_up[$c]}" "${cpu_all[$c]}"
 done
 echo
 for up in $UPSTREAMS; do
@@ -309,5 +386,16 @@ for up in $UPSTREAMS; do
     "${cpu_all[$up/none]} -> ${cpu_all[$up/tokend]} µs ($(ratio "${cpu_all[$up/none]}" "${cpu_all[$up/tokend]}")" \
     "of the host's capacity for this route)"
 done
+for up in $UPSTREAMS; do
+  [[ -n ${rps[$up/apache-introspect]:-} ]] || continue
+  echo "- $up upstream, Apache vs nginx: Apache's introspection serves ${rps[$up/apache-introspect]%.*} requests/s" \
+    "($(ratio "${rps[$up/apache-introspect]}" "${rps[$up/apache-none]}") of Apache without auth), p99" \
+    "$(plus "${p99[$up/apache-introspect]}" "${p99[$up/apache-none]}") ms; nginx's auth_request" \
+    "${rps[$up/tokend]%.*} requests/s ($(ratio "${rps[$up/tokend]}" "${rps[$up/none]}")), p99" \
+    "$(plus "${p99[$up/tokend]}" "${p99[$up/none]}") ms; Apache's introspection has" \
+    "$(ratio "${rps[$up/apache-introspect]}" "${rps[$up/tokend]}") of nginx's throughput;" \
+    "tokend CPU per request ${cpu_auth[$up/apache-introspect]} µs (introspection) vs ${cpu_auth[$up/tokend]} µs (verify)"
+done
+echo "- introspected requests in the measured runs: $introspected"
 echo "- connections tokend accepted during the measured runs: $((connections_after - connections_before - 1))" \
   "for $verified verified requests"

@@ -113,6 +113,23 @@ ParseOutcome parseConfig(int argc, char** argv, Config& c, int& exitCode) {
                  "A gid allowed to map the cache segment (repeatable)")
       ->envname("TOKEND_SHM_ALLOW_GID")
       ->delimiter(',');
+  app.add_option("--http-listen", c.httpListen,
+                 "Also serve HTTP (verify, introspect, management API, health, metrics) on TCP "
+                 "ADDR:PORT, e.g. 127.0.0.1:8081 or [::1]:8081; loopback only unless "
+                 "--http-listen-any")
+      ->envname("TOKEND_HTTP_LISTEN");
+  app.add_flag("--http-listen-any", c.httpListenAny,
+               "Let --http-listen take an address that is not loopback (anyone who reaches it can "
+               "verify and manage tokens: put TLS and a firewall in front)")
+      ->envname("TOKEND_HTTP_LISTEN_ANY");
+  app.add_option("--metrics-listen", c.metricsListen,
+                 "Serve /metrics, /healthz and /readyz only on TCP ADDR:PORT (any address)")
+      ->envname("TOKEND_METRICS_LISTEN");
+  app.add_option("--introspect-user", c.introspectUsers,
+                 "A user (by name) whose tokens may call POST /v1/introspect besides owners "
+                 "(repeatable)")
+      ->envname("TOKEND_INTROSPECT_USER")
+      ->delimiter(',');
 
   auto& lt = c.lifetimes;
   addDuration(app, "--session-duration", "TOKEND_SESSION_DURATION", "CODER_SESSION_DURATION",

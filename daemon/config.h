@@ -21,6 +21,12 @@ struct Config {
   size_t maxDbSize = 0;           // bytes the LMDB map may grow to; 0: the stored cap
   std::vector<uid_t> shmAllowUids;
   std::vector<gid_t> shmAllowGids;
+  // SPEC 7: the HTTP service on TCP too, ADDR:PORT ("127.0.0.1:8081", "[::1]:8081"); empty: off.
+  std::string httpListen;
+  bool httpListenAny = false;  // --http-listen may name an address that is not loopback
+  std::string metricsListen;   // /metrics, /healthz, /readyz only, any address; empty: off
+  // Users besides owners whose tokens may call POST /v1/introspect (the gateways' service users).
+  std::vector<std::string> introspectUsers;
   verifier::LifetimeConfig lifetimes;
   int writebackIntervalMs = 250;  // SPEC 3: at least once a second
   int invalidationPollUs = 250;   // how often the changelog watcher looks (SPEC 6: within 10 ms)

@@ -13,15 +13,31 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/result.h"
 
 namespace tokend::daemon {
 
+// What a listening socket serves. The loop does not interpret it beyond reading peer credentials
+// on Unix sockets only; it tags each connection with its listener's kind for the factory.
+enum class ListenerKind : uint8_t {
+  Unix,     // the Unix socket: every protocol, peer credentials
+  Http,     // --http-listen: TCP, no peer credentials
+  Metrics,  // --metrics-listen: TCP, no peer credentials
+};
+
+struct Listener {
+  int fd = -1;  // listening, non-blocking, CLOEXEC (not owned)
+  ListenerKind kind = ListenerKind::Unix;
+};
+
+// A TCP peer has no credentials: its uid and gid are (uid_t)-1 and (gid_t)-1, its pid 0.
 struct PeerCred {
   pid_t pid = 0;
   uid_t uid = 0;
   gid_t gid = 0;
+  ListenerKind listener = ListenerKind::Unix;
 };
 
 // What a Session hands back to the loop. The loop sends `bytes` (then clears it) with one send per
@@ -86,6 +102,9 @@ class Server {
   // io_uring and falls back to epoll with one warning logged.
   static Result<std::unique_ptr<Server>> create(int listenFd, const LoopConfig& config,
                                                 SessionFactory& factory);
+  // The same on several listening sockets (Unix or TCP), each accepted on by every worker.
+  static Result<std::unique_ptr<Server>> create(std::vector<Listener> listeners,
+                                                const LoopConfig& config, SessionFactory& factory);
   // Runs the workers; returns after stop() once every worker has finished. Call once. The worker
   // threads exist from create() on (each sets up its own ring there) and wait for run().
   virtual void run() = 0;

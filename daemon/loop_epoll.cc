@@ -22,9 +22,11 @@ namespace {
 
 // epoll_event.data.u64: the connection's slot in the low 32 bits, its generation in the high 32
 // (an event for a connection closed earlier in the same batch must not reach the next one in
-// that slot). The eventfd and the listening socket take two reserved slots.
+// that slot). The eventfd and the listening sockets take reserved slots at the top: listener i is
+// kListenSlot - i.
 constexpr uint32_t kWakeSlot = std::numeric_limits<uint32_t>::max();
 constexpr uint32_t kListenSlot = kWakeSlot - 1;
+constexpr uint32_t kMaxListeners = 16;
 constexpr uint64_t pack(uint32_t slot, uint32_t generation = 0) {
   return uint64_t{generation} << 32 | slot;
 }
@@ -50,7 +52,7 @@ class EpollWorker final : public Worker {
   }
   bool listen();
   void unlisten();
-  void acceptSome();
+  void acceptSome(size_t listener);
   void onEvent(const epoll_event& ev);
   void onTick();
   void settle(uint32_t slot);
@@ -91,13 +93,20 @@ bool EpollWorker::listen() {
   // EPOLLEXCLUSIVE: a new connection wakes one worker, not all of them.
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLEXCLUSIVE;
-  ev.data.u64 = pack(kListenSlot);
-  listening_ = epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, shared_.listenFd, &ev) == 0;
+  listening_ = true;
+  for (size_t i = 0; i < shared_.listeners.size(); ++i) {
+    ev.data.u64 = pack(kListenSlot - static_cast<uint32_t>(i));
+    const int rc = epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, shared_.listeners[i].fd, &ev);
+    if (rc != 0 && errno != EEXIST) listening_ = false;
+  }
   return listening_;
 }
 
 void EpollWorker::unlisten() {
-  if (listening_) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, shared_.listenFd, nullptr);
+  if (listening_) {
+    for (const Listener& l : shared_.listeners)
+      epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, l.fd, nullptr);
+  }
   listening_ = false;
 }
 
@@ -144,8 +153,8 @@ void EpollWorker::onEvent(const epoll_event& ev) {
     if (stopRequested() && !stopping_) beginStop();
     return;
   }
-  if (slot == kListenSlot) {
-    if (!stopping_) acceptSome();
+  if (slot <= kListenSlot && slot > kListenSlot - kMaxListeners) {
+    if (!stopping_) acceptSome(kListenSlot - slot);
     return;
   }
   if (!table_.valid(slot) || table_.at(slot).generation() != ev.data.u64 >> 32) return;
@@ -155,9 +164,10 @@ void EpollWorker::onEvent(const epoll_event& ev) {
   markDirty(slot);
 }
 
-void EpollWorker::acceptSome() {
+void EpollWorker::acceptSome(size_t listener) {
+  const Listener& l = shared_.listeners.at(listener);
   for (int i = 0; i < kAcceptBudget; ++i) {
-    const int fd = accept4(shared_.listenFd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    const int fd = accept4(l.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -168,7 +178,7 @@ void EpollWorker::acceptSome() {
       }
       return;
     }
-    const int64_t adopted = adopt(fd);
+    const int64_t adopted = adopt(fd, l.kind);
     if (adopted < 0) continue;
     const auto slot = static_cast<uint32_t>(adopted);
     Connection& c = table_.at(slot);
@@ -278,9 +288,11 @@ void EpollWorker::beginStop() {
 
 }  // namespace
 
-Result<std::unique_ptr<Server>> createEpollServer(int listenFd, const LoopConfig& config,
+Result<std::unique_ptr<Server>> createEpollServer(const std::vector<Listener>& listeners,
+                                                  const LoopConfig& config,
                                                   SessionFactory& factory) {
-  auto shared = std::make_unique<LoopShared>(listenFd, config, factory);
+  if (listeners.size() > kMaxListeners) return makeError("event loop: too many listeners");
+  auto shared = std::make_unique<LoopShared>(listeners, config, factory);
   std::vector<std::unique_ptr<Worker>> workers;
   for (int i = 0; i < config.threads; ++i) {
     auto w = EpollWorker::create(*shared, i);

@@ -9,8 +9,9 @@
 namespace tokend::daemon {
 
 // Builds a Server with `config.threads` workers, each with its own edge-triggered epoll
-// instance; the listening socket is shared with EPOLLEXCLUSIVE. Fails with a negative errno.
-Result<std::unique_ptr<Server>> createEpollServer(int listenFd, const LoopConfig& config,
+// instance; each listening socket is shared with EPOLLEXCLUSIVE. Fails with a negative errno.
+Result<std::unique_ptr<Server>> createEpollServer(const std::vector<Listener>& listeners,
+                                                  const LoopConfig& config,
                                                   SessionFactory& factory);
 
 }  // namespace tokend::daemon

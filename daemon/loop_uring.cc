@@ -26,8 +26,8 @@ namespace {
 //
 // `op` says what completed. Recv and Send name their connection by slot and generation (the low
 // 24 bits of Connection::generation()): a slot is only reused once its operations have ended,
-// but a cancel aimed at a recv must not hit the next connection in that slot. Accept, Wake,
-// Tick and Cancel carry neither.
+// but a cancel aimed at a recv must not hit the next connection in that slot. Accept carries its
+// listener's index in the slot bits; Wake, Tick and Cancel carry nothing.
 enum class Op : uint8_t { Accept = 1, Wake, Tick, Recv, Send, Cancel };
 
 constexpr uint64_t pack(Op op, uint32_t slot = 0, uint32_t generation = 0) {
@@ -70,7 +70,8 @@ class UringWorker final : public Worker {
   void teardown();
 
   io_uring_sqe* sqe();
-  void armAccept();
+  void armAccept(size_t listener);
+  void armAccepts();  // every listener whose accept is not armed
   void armWake();
   void armTick();
   void armRecv(uint32_t slot, Connection& c);
@@ -79,7 +80,7 @@ class UringWorker final : public Worker {
   void recycle(unsigned bid);
 
   void handle(const io_uring_cqe& cqe);
-  void onAccept(int res, unsigned flags);
+  void onAccept(uint64_t data, int res, unsigned flags);
   void onRecv(uint64_t data, int res, unsigned flags);
   void onSend(uint64_t data, int res);
   void onTick();
@@ -96,7 +97,10 @@ class UringWorker final : public Worker {
   bool leakBuffers_ = false;
   uint64_t wakeValue_ = 0;  // the eventfd read lands here
   __kernel_timespec tick_{0, int64_t{kTickMs} * 1000000};
-  bool acceptArmed_ = false;
+  std::vector<uint8_t> acceptArmed_;  // per listener
+  bool anyAcceptArmed() const {
+    return std::find(acceptArmed_.begin(), acceptArmed_.end(), 1) != acceptArmed_.end();
+  }
   bool acceptRetry_ = false;  // re-arm accept at the next tick (after EMFILE and the like)
 };
 
@@ -179,11 +183,17 @@ io_uring_sqe* UringWorker::sqe() {
   return s;
 }
 
-void UringWorker::armAccept() {
+void UringWorker::armAccept(size_t listener) {
   io_uring_sqe* s = sqe();
-  io_uring_prep_multishot_accept(s, shared_.listenFd, nullptr, nullptr, SOCK_CLOEXEC);
-  io_uring_sqe_set_data64(s, pack(Op::Accept));
-  acceptArmed_ = true;
+  io_uring_prep_multishot_accept(s, shared_.listeners[listener].fd, nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(s, pack(Op::Accept, static_cast<uint32_t>(listener)));
+  acceptArmed_[listener] = 1;
+}
+
+void UringWorker::armAccepts() {
+  acceptArmed_.resize(shared_.listeners.size(), 0);
+  for (size_t i = 0; i < acceptArmed_.size(); ++i)
+    if (!acceptArmed_[i]) armAccept(i);
 }
 
 void UringWorker::armWake() {
@@ -239,7 +249,7 @@ void UringWorker::run() {
   if (stopRequested()) {
     beginStop();
   } else {
-    armAccept();
+    armAccepts();
   }
 
   for (;;) {
@@ -266,7 +276,7 @@ void UringWorker::run() {
     dirty_.clear();
 
     if (stopping_) {
-      if (table_.live() == 0 && !acceptArmed_) break;
+      if (table_.live() == 0 && !anyAcceptArmed()) break;
       if (now_ > stopDeadline_ + kStopGraceMs) {
         // Operations still in flight after their sockets were shut down: the kernel may yet
         // touch the buffers, so they are not unmapped.
@@ -283,7 +293,7 @@ void UringWorker::run() {
 void UringWorker::handle(const io_uring_cqe& cqe) {
   switch (opOf(cqe.user_data)) {
     case Op::Accept:
-      onAccept(cqe.res, cqe.flags);
+      onAccept(cqe.user_data, cqe.res, cqe.flags);
       break;
     case Op::Wake:
       if (stopRequested()) {
@@ -307,15 +317,17 @@ void UringWorker::handle(const io_uring_cqe& cqe) {
   }
 }
 
-void UringWorker::onAccept(int res, unsigned flags) {
-  if (!(flags & IORING_CQE_F_MORE)) acceptArmed_ = false;
+void UringWorker::onAccept(uint64_t data, int res, unsigned flags) {
+  const size_t listener = slotOf(data);
+  if (listener >= acceptArmed_.size()) return;
+  if (!(flags & IORING_CQE_F_MORE)) acceptArmed_[listener] = 0;
   if (res >= 0) {
-    const int64_t slot = adopt(res);
+    const int64_t slot = adopt(res, shared_.listeners[listener].kind);
     if (slot >= 0) markDirty(static_cast<uint32_t>(slot));  // settle arms its receive
   }
-  if (acceptArmed_ || stopping_) return;
+  if (acceptArmed_[listener] || stopping_) return;
   if (res >= 0 || res == -EINTR || res == -ECONNABORTED) {
-    armAccept();
+    armAccept(listener);
   } else if (res != -ECANCELED) {
     // EMFILE, ENFILE, ENOMEM: re-arming now would spin; try again at the next tick.
     acceptRetry_ = true;
@@ -371,7 +383,7 @@ void UringWorker::onSend(uint64_t data, int res) {
 void UringWorker::onTick() {
   if (acceptRetry_ && !stopping_) {
     acceptRetry_ = false;
-    armAccept();
+    armAccepts();
   }
   sweep([&](uint32_t slot, Connection& c) { abort(slot, c); });
   if (stopping_ && now_ >= stopDeadline_) {
@@ -421,9 +433,10 @@ void UringWorker::beginStop() {
   stopping_ = true;
   stopDeadline_ = now_ + kStopFlushMs;
   acceptRetry_ = false;
-  if (acceptArmed_) {
+  for (size_t i = 0; i < acceptArmed_.size(); ++i) {
+    if (!acceptArmed_[i]) continue;
     io_uring_sqe* s = sqe();
-    io_uring_prep_cancel64(s, pack(Op::Accept), 0);
+    io_uring_prep_cancel64(s, pack(Op::Accept, static_cast<uint32_t>(i)), 0);
     io_uring_sqe_set_data64(s, pack(Op::Cancel));
   }
   // Shutting the read side lets the receive drain what the peer already sent, then end with 0:
@@ -437,9 +450,10 @@ void UringWorker::beginStop() {
 
 }  // namespace
 
-Result<std::unique_ptr<Server>> createUringServer(int listenFd, const LoopConfig& config,
+Result<std::unique_ptr<Server>> createUringServer(const std::vector<Listener>& listeners,
+                                                  const LoopConfig& config,
                                                   SessionFactory& factory) {
-  auto shared = std::make_unique<LoopShared>(listenFd, config, factory);
+  auto shared = std::make_unique<LoopShared>(listeners, config, factory);
   std::vector<std::unique_ptr<Worker>> workers;
   for (int i = 0; i < config.threads; ++i) {
     auto w = UringWorker::create(*shared, i);

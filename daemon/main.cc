@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <thread>
+#include <tuple>
 
 #include "base/clock.h"
 #include "base/log.h"
@@ -21,6 +22,7 @@
 #include "daemon/management.h"
 #include "daemon/service.h"
 #include "daemon/session.h"
+#include "daemon/tcp_listen.h"
 #include "shm/cache.h"
 #include "verifier/catalog.h"
 #include "verifier/manage.h"
@@ -131,6 +133,29 @@ int run(int argc, char** argv) {
     return 1;
   }
 
+  // SPEC 7: the HTTP service on TCP too, and a metrics-only listener; neither has peer
+  // credentials, so the sessions serve them HTTP only, without the segment (session.cc).
+  std::vector<Listener> listeners{{listener->get(), ListenerKind::Unix}};
+  UniqueFd httpFd, metricsFd;
+  std::string tcpNote;
+  for (auto [text, kind, fd] :
+       {std::tuple{&config.httpListen, ListenerKind::Http, &httpFd},
+        std::tuple{&config.metricsListen, ListenerKind::Metrics, &metricsFd}}) {
+    if (text->empty()) continue;
+    const bool http = kind == ListenerKind::Http;
+    TcpAddress bound;
+    auto tcp = listenTcp(*text, http ? config.httpListenAny : true, bound);
+    if (!tcp) {
+      log::error("Failed to listen on {} {}: {}", http ? "--http-listen" : "--metrics-listen",
+                 *text, tcp.error().message);
+      ::unlink(config.socketPath.c_str());
+      return 1;
+    }
+    *fd = std::move(*tcp);
+    listeners.push_back({fd->get(), kind});
+    tcpNote += fmt::format(", {} on http://{}", http ? "HTTP" : "metrics", formatTcpAddress(bound));
+  }
+
   Metrics metrics(config.loop.threads);
   Service service(
       **db, *cache, metrics,
@@ -139,13 +164,15 @@ int run(int argc, char** argv) {
   SessionFactoryImpl factory(service, management,
                              SessionConfig{config.shmAllowUids, config.shmAllowGids},
                              config.loop.threads);
-  auto server = Server::create(listener->get(), config.loop, factory);
+  auto server = Server::create(listeners, config.loop, factory);
   if (!server) {
     log::error("Failed to start the event loop: {}", server.error().message);
     ::unlink(config.socketPath.c_str());
     return 1;
   }
   factory.setLoopStats(&(*server)->stats());
+  Introspector introspector(service, manager, config.introspectUsers);
+  factory.setIntrospector(&introspector);
   service.start();
 
   std::thread signalThread([&] {
@@ -155,9 +182,9 @@ int run(int argc, char** argv) {
     log::info("Received {}: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     (*server)->stop();
   });
-  log::info("tokend listening on {} ({} backend, {} threads, {} cache slots, data dir {})",
-            config.socketPath, (*server)->backendName(), config.loop.threads, cache->slotCount(),
-            config.dataDir);
+  log::info("tokend listening on {}{} ({} backend, {} threads, {} cache slots, data dir {})",
+            config.socketPath, tcpNote, (*server)->backendName(), config.loop.threads,
+            cache->slotCount(), config.dataDir);
   (*server)->run();
 
   // Nothing new arrives now: commit what the workers saw, then leave.

@@ -39,6 +39,15 @@ class ProtocolSession final : public Session {
     if (proto_ == Protocol::NeedMore) {
       proto_ = detectProtocol(in.substr(0, kMaxDetectBytes));
       if (proto_ == Protocol::NeedMore) return After::Continue;
+      // TCP peers have no credentials: they get HTTP only (the binary protocol's segment
+      // hand-over and usage reports rest on peer credentials; the text protocol is for shells on
+      // this host, on the socket).
+      if (peer_.listener != ListenerKind::Unix && proto_ != Protocol::Http) {
+        w_.metrics().protocolErrors.fetch_add(1, std::memory_order_relaxed);
+        appendTextError(out.bytes, "only HTTP is served on TCP listeners");
+        consumed = in.size();
+        return After::Close;
+      }
       if (proto_ == Protocol::Unknown) {
         w_.metrics().protocolErrors.fetch_add(1, std::memory_order_relaxed);
         appendTextError(out.bytes, "unknown protocol");
@@ -169,7 +178,12 @@ class ProtocolSession final : public Session {
     scratch_.reset();
     const std::string_view path = req_.path, m = req_.method;
     bool get = m == "GET" || m == "HEAD";
-    if (path == "/v1/verify" && get) {
+    if (peer_.listener == ListenerKind::Metrics && path != "/metrics" && path != "/healthz" &&
+        path != "/readyz") {
+      // --metrics-listen: health and metrics, which hold no secret; nothing else exists there.
+      appendJsonError(out.bytes, 404, req_.keepAlive, "Not found.",
+                      "this listener serves /metrics, /healthz and /readyz only");
+    } else if (path == "/v1/verify" && get) {
       int64_t start = startTimer();
       auto q = extractVerifyQuery(req_, scratch_);
       if (!q) {
@@ -189,13 +203,23 @@ class ProtocolSession final : public Session {
     } else if (path == "/healthz" && get) {
       appendStatusLine(out.bytes, 200);
       appendBody(out.bytes, req_.keepAlive, "text/plain; charset=utf-8", "ok\n");
+    } else if (path == "/readyz" && get) {
+      std::string why = f_.notReady();
+      appendStatusLine(out.bytes, why.empty() ? 200 : 503);
+      appendBody(out.bytes, req_.keepAlive, "text/plain; charset=utf-8",
+                 why.empty() ? std::string("ok\n") : why + "\n");
+    } else if (path == "/v1/introspect" && f_.introspector() != nullptr) {
+      int64_t start = startTimer();
+      if (auto r = f_.introspector()->handle(w_, req_, scratch_, out.bytes))
+        count(Proto::Http, *r, start);
     } else if (path == "/metrics" && get) {
       std::string body = f_.renderMetrics();
       appendStatusLine(out.bytes, 200);
       appendBody(out.bytes, req_.keepAlive, "text/plain; version=0.0.4; charset=utf-8", body);
     } else if (path.starts_with("/api/v2/")) {
       f_.management().handle(w_, req_, scratch_, out.bytes);
-    } else if (path == "/v1/verify" || path == "/healthz" || path == "/metrics") {
+    } else if (path == "/v1/verify" || path == "/healthz" || path == "/readyz" ||
+               path == "/metrics") {
       appendJsonError(out.bytes, 405, req_.keepAlive, "Method not allowed.", std::string(m));
     } else {
       appendJsonError(out.bytes, 404, req_.keepAlive, "Not found.", std::string(path));
@@ -344,11 +368,24 @@ std::unique_ptr<Session> SessionFactoryImpl::open(int worker, const PeerCred& pe
 }
 
 bool SessionFactoryImpl::shmAllowed(const PeerCred& peer) const {
+  // A TCP peer's uid is nobody's: never compare it (its sessions speak HTTP only anyway).
+  if (peer.listener != ListenerKind::Unix) return false;
   if (peer.uid == ::getuid()) return true;
   return std::find(config_.shmAllowUids.begin(), config_.shmAllowUids.end(), peer.uid) !=
              config_.shmAllowUids.end() ||
          std::find(config_.shmAllowGids.begin(), config_.shmAllowGids.end(), peer.gid) !=
              config_.shmAllowGids.end();
+}
+
+std::string SessionFactoryImpl::notReady() const {
+  // SPEC 7: ready when it can answer correctly: the key database reads, the cache is mapped.
+  if (service_.cache().slotCount() == 0) return "the shared-memory cache is not mapped";
+  auto reader = service_.db().reader();
+  if (!reader) return "the key database cannot be read: " + reader.error().message;
+  if (auto b = (*reader)->begin(); !b)
+    return "the key database cannot be read: " + b.error().message;
+  (*reader)->end();
+  return {};
 }
 
 std::string SessionFactoryImpl::renderMetrics() const {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "daemon/introspect.h"
 #include "daemon/loop.h"
 #include "daemon/management.h"
 #include "daemon/metrics.h"
@@ -25,12 +26,17 @@ class SessionFactoryImpl final : public SessionFactory {
   std::unique_ptr<Session> open(int worker, const PeerCred& peer) override;
   // Set once the server exists, for /metrics.
   void setLoopStats(const LoopStats* stats) { loopStats_ = stats; }
+  // Set once before the server runs, for POST /v1/introspect (absent: 404).
+  void setIntrospector(Introspector* introspector) { introspector_ = introspector; }
+  Introspector* introspector() const { return introspector_; }
 
   Service& service() { return service_; }
   Management& management() { return management_; }
   bool shmAllowed(const PeerCred& peer) const;
   const LoopStats* loopStats() const { return loopStats_; }
   std::string renderMetrics() const;
+  // Empty when the daemon can answer correctly (GET /readyz), else why not.
+  std::string notReady() const;
   // The read-only segment descriptor handed to allowed clients (opened once, kept).
   int shmFd() const { return shmFd_.get(); }
 
@@ -40,6 +46,7 @@ class SessionFactoryImpl final : public SessionFactory {
   SessionConfig config_;
   std::vector<std::unique_ptr<Service::Worker>> workers_;
   const LoopStats* loopStats_ = nullptr;
+  Introspector* introspector_ = nullptr;
   UniqueFd shmFd_;
 };
 

@@ -14,7 +14,7 @@ void Worker::wake() const {
   [[maybe_unused]] ssize_t n = ::write(wakeFd_.get(), &one, sizeof(one));
 }
 
-int64_t Worker::adopt(int fd) {
+int64_t Worker::adopt(int fd, ListenerKind kind) {
   UniqueFd sock(fd);
   if (stopping_) return -1;
   // The limit is global across workers; the counter doubles as the gate so two workers cannot
@@ -24,7 +24,11 @@ int64_t Worker::adopt(int fd) {
     stats_.refused.fetch_add(1, std::memory_order_relaxed);
     return -1;
   }
-  auto peer = readPeerCred(fd);
+  // TCP has no peer credentials: nobody's uid, so that no uid check can match it by accident.
+  auto peer = kind == ListenerKind::Unix
+                  ? readPeerCred(fd)
+                  : Result<PeerCred>(PeerCred{0, static_cast<uid_t>(-1), static_cast<gid_t>(-1)});
+  if (peer) peer->listener = kind;
   std::unique_ptr<Session> session;
   if (peer) session = shared_.factory.open(index_, *peer);
   if (!session) {

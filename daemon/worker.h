@@ -30,10 +30,10 @@ inline constexpr int kStopFlushMs = 2000;
 
 // State every worker of one Server sees.
 struct LoopShared {
-  LoopShared(int listenFd, const LoopConfig& config, SessionFactory& factory)
-      : listenFd(listenFd), config(config), factory(factory) {}
+  LoopShared(std::vector<Listener> listeners, const LoopConfig& config, SessionFactory& factory)
+      : listeners(std::move(listeners)), config(config), factory(factory) {}
 
-  const int listenFd;
+  const std::vector<Listener> listeners;  // every worker accepts on each
   const LoopConfig config;
   SessionFactory& factory;
   LoopStats stats;
@@ -68,9 +68,10 @@ class Worker {
   void wake() const;
 
  protected:
-  // Takes a freshly accepted socket: applies maxConnections, reads SO_PEERCRED and opens a
-  // Session. Returns the slot, or -1 when the socket was refused (and closed).
-  int64_t adopt(int fd);
+  // Takes a freshly accepted socket: applies maxConnections, reads SO_PEERCRED (Unix listeners
+  // only) and opens a Session tagged with the listener's kind. Returns the slot, or -1 when the
+  // socket was refused (and closed).
+  int64_t adopt(int fd, ListenerKind kind = ListenerKind::Unix);
   // Closes the socket and returns its Connection to the pool.
   void retire(uint32_t slot);
   void markDirty(uint32_t slot) {

@@ -3,6 +3,7 @@
 
 #include <doctest/doctest.h>
 
+#include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -28,6 +29,8 @@ using namespace std::chrono_literals;
 using tokend::UniqueFd;
 using tokend::daemon::After;
 using tokend::daemon::Backend;
+using tokend::daemon::Listener;
+using tokend::daemon::ListenerKind;
 using tokend::daemon::LoopConfig;
 using tokend::daemon::Output;
 using tokend::daemon::PeerCred;
@@ -46,6 +49,7 @@ struct EchoFactory;
 //   BIG   "BIG " + 4 MiB + "\n"         QB    255 'q' + "\n"
 //   FD    "FD\n" carrying passFd        CRED  "CRED <pid> <uid> <gid>\n"
 //   SLOW  "SLOW\n" after 300 ms         QUIT  "BYE\n", then close
+//   KIND  "KIND <listener kind> <uid>\n"
 class EchoSession final : public Session {
  public:
   EchoSession(EchoFactory& factory, PeerCred peer) : factory_(factory), peer_(peer) {}
@@ -80,6 +84,10 @@ After EchoSession::onInput(std::string_view in, size_t& consumed, Output& out) {
       out.bytes += "FD\n";
       out.passFd = factory_.passFd;
       break;  // one descriptor per call: the loop calls again for the rest
+    } else if (line == "KIND") {
+      const std::string uid =
+          peer_.uid == static_cast<uid_t>(-1) ? std::string("-1") : std::to_string(peer_.uid);
+      out.bytes += "KIND " + std::to_string(static_cast<int>(peer_.listener)) + " " + uid + "\n";
     } else if (line == "CRED") {
       out.bytes += "CRED " + std::to_string(peer_.pid) + " " + std::to_string(peer_.uid) + " " +
                    std::to_string(peer_.gid) + "\n";
@@ -476,6 +484,66 @@ TEST_SUITE("Loop") {
       CHECK(readLine(c.get()) == "CRED " + std::to_string(getpid()) + " " +
                                      std::to_string(getuid()) + " " + std::to_string(getgid()) +
                                      "\n");
+    });
+  }
+
+  TEST_CASE("accepts on every listener and tags each connection with its listener's kind") {
+    forEachBackend([](Backend b) {
+      EchoFactory factory;
+      UniqueFd unixFd(socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      sockaddr_un ua{};
+      ua.sun_family = AF_UNIX;  // autobind
+      REQUIRE(bind(unixFd.get(), reinterpret_cast<sockaddr*>(&ua), sizeof(sa_family_t)) == 0);
+      REQUIRE(listen(unixFd.get(), 8) == 0);
+      socklen_t ulen = sizeof ua;
+      REQUIRE(getsockname(unixFd.get(), reinterpret_cast<sockaddr*>(&ua), &ulen) == 0);
+      std::vector<Listener> listeners{{unixFd.get(), ListenerKind::Unix}};
+      std::vector<UniqueFd> tcp;
+      std::vector<uint16_t> ports;
+      for (int i = 0; i < 2; ++i) {
+        tcp.emplace_back(socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(bind(tcp.back().get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        REQUIRE(listen(tcp.back().get(), 8) == 0);
+        socklen_t len = sizeof a;
+        REQUIRE(getsockname(tcp.back().get(), reinterpret_cast<sockaddr*>(&a), &len) == 0);
+        ports.push_back(ntohs(a.sin_port));
+        listeners.push_back(
+            {tcp.back().get(), i == 0 ? ListenerKind::Http : ListenerKind::Metrics});
+      }
+      LoopConfig config;
+      config.backend = b;
+      config.threads = 2;
+      auto server = Server::create(listeners, config, factory);
+      if (!server) {
+        REQUIRE(b == Backend::Uring);
+        MESSAGE("io_uring unavailable, skipping its half: " << server.error().message);
+        return;
+      }
+      std::thread runner([&] { (*server)->run(); });
+      UniqueFd u(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      REQUIRE(connect(u.get(), reinterpret_cast<sockaddr*>(&ua), ulen) == 0);
+      writeAll(u.get(), "KIND\n");
+      CHECK(readLine(u.get()) == "KIND 0 " + std::to_string(getuid()) + "\n");
+      for (int i = 0; i < 2; ++i) {
+        // Several connections each: every worker accepts on every listener.
+        for (int k = 0; k < 4; ++k) {
+          UniqueFd c(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+          sockaddr_in a{};
+          a.sin_family = AF_INET;
+          a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+          a.sin_port = htons(ports[i]);
+          REQUIRE(connect(c.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+          writeAll(c.get(), "KIND\n");
+          // A TCP peer has no credentials: uid -1, never the daemon's own.
+          CHECK(readLine(c.get()) == "KIND " + std::to_string(i + 1) + " -1\n");
+        }
+      }
+      (*server)->stop();
+      runner.join();
+      CHECK((*server)->stats().accepted == 9);
     });
   }
 
