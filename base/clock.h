@@ -18,7 +18,12 @@ inline int64_t monotonicNanos() {
   return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
 }
 
-// The clock the daemon and tools read. Tests set TOKEND_TEST_CLOCK_OFFSET (seconds) to move it.
+// The clock the daemon and tools read: the wall clock, moved by TOKEND_CLOCK_OFFSET (seconds)
+// only in builds configured with -Dtest_clock=true. libtokend reads unixNow() instead.
 int64_t clockNow();
+// clockNow() - unixNow(): 0 unless a test build was given TOKEND_CLOCK_OFFSET.
+int64_t clockOffset();
+// Whether this build honours TOKEND_CLOCK_OFFSET (-Dtest_clock=true).
+bool testClockCompiledIn();
 
 }  // namespace tokend

@@ -58,14 +58,14 @@ struct Daemon {
       ::execl(bin, bin, "--data-dir", data.c_str(), "--log-level", "warn", nullptr);
       _exit(127);
     }
-    // The admin's first token is printed once the database is ready; open retries until the
-    // socket listens.
+    // The admin's first token is left in <data>/first-token once the database is ready; open
+    // retries until the socket listens.
     for (int i = 0; i < 1000 && token.empty(); ++i) {
-      std::ifstream f(out);
+      std::ifstream f(dir + "/data/first-token");
       std::getline(f, token);
       if (token.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
-    if (token.empty()) die("tokend printed no token; see " + err);
+    if (token.empty()) die("tokend left no first token; see " + err);
   }
   ~Daemon() {
     ::kill(pid, SIGTERM);

@@ -23,11 +23,16 @@
 
 namespace tokend::client {
 
-// clockNow() to the second, mostly from CLOCK_REALTIME_COARSE (a plain read of the last tick's
-// time, ~5 ns, against ~25 ns for CLOCK_REALTIME). The coarse clock lags real time by less than a
-// tick, so its seconds are exact except in the last moments of a second, where the real clock
-// may already have moved on: there, and only there, read the precise clock. Expiry is decided in
-// whole seconds, so the verdicts are the daemon's to the second.
+// The wall clock to the second, mostly from CLOCK_REALTIME_COARSE (a plain read of the last
+// tick's time, ~5 ns, against ~25 ns for CLOCK_REALTIME). The coarse clock lags real time by less
+// than a tick, so its seconds are exact except in the last moments of a second, where the real
+// clock may already have moved on: there, and only there, read the precise clock. Expiry is
+// decided in whole seconds, so the verdicts are the daemon's to the second.
+//
+// Never clockNow(): libtokend runs inside gateways, where an inherited TOKEND_CLOCK_OFFSET must
+// not make an expired entry look valid. The fast path therefore always judges by the wall clock;
+// a test-build daemon whose clock is moved does not hand its segment out (daemon/session.cc), so
+// the two clocks never judge one entry.
 class SecondsClock {
  public:
   SecondsClock() {
@@ -38,29 +43,18 @@ class SecondsClock {
       // Two ticks and a millisecond: a tick may run late on a loaded machine.
       margin_ = 2 * res.tv_nsec + 1000000;
     }
-    // clockNow() adds the tests' offset (TOKEND_CLOCK_OFFSET) to the wall clock: learn it once,
-    // from two wall readings in the same second around one clockNow().
-    for (;;) {
-      const int64_t before = unixNow();
-      const int64_t now = clockNow();
-      if (unixNow() == before) {
-        offset_ = now - before;
-        break;
-      }
-    }
   }
 
   int64_t now() const {
     timespec ts{};
     clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    if (ts.tv_nsec < kNanosPerSecond - margin_) return ts.tv_sec + offset_;
-    return clockNow();
+    if (ts.tv_nsec < kNanosPerSecond - margin_) return ts.tv_sec;
+    return unixNow();
   }
 
  private:
   static constexpr long kNanosPerSecond = 1000000000;
   long margin_ = kNanosPerSecond;
-  int64_t offset_ = 0;
 };
 
 namespace detail {

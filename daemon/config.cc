@@ -160,6 +160,10 @@ ParseOutcome parseConfig(int argc, char** argv, Config& c, int& exitCode) {
       ->capture_default_str();
   bool noAdmin = false;
   app.add_flag("--no-admin", noAdmin, "Do not create the admin user on a fresh data dir");
+  app.add_flag("--allow-core-dumps", c.allowCoreDumps,
+               "Let the process be dumped and traced by its user (off: not dumpable, core limit 0, "
+               "since its memory holds token hashes and requests)")
+      ->envname("TOKEND_ALLOW_CORE_DUMPS");
 
   try {
     app.parse(argc, argv);

@@ -31,6 +31,7 @@ struct Config {
   int writebackIntervalMs = 250;  // SPEC 3: at least once a second
   int invalidationPollUs = 250;   // how often the changelog watcher looks (SPEC 6: within 10 ms)
   bool createAdmin = true;        // a fresh data dir gets an owner "admin" and a first token
+  bool allowCoreDumps = false;    // off: PR_SET_DUMPABLE 0 and RLIMIT_CORE 0 (memory holds keys)
   std::string logLevel = "info";
 };
 

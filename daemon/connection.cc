@@ -31,7 +31,7 @@ Result<PeerCred> readPeerCred(int fd) {
   socklen_t len = sizeof(cred);
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
     return Error::fromErrno(errno, "getsockopt(SO_PEERCRED)");
-  return PeerCred{cred.pid, cred.uid, cred.gid};
+  return PeerCred{cred.pid, cred.uid, cred.gid, fd};
 }
 
 void Connection::open(UniqueFd fd, std::unique_ptr<Session> session, int64_t now) {

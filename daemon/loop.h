@@ -38,6 +38,7 @@ struct PeerCred {
   uid_t uid = 0;
   gid_t gid = 0;
   ListenerKind listener = ListenerKind::Unix;
+  int fd = -1;  // the connection's socket, open while its Session lives (for SO_PEERGROUPS)
 };
 
 // What a Session hands back to the loop. The loop sends `bytes` (then clears it) with one send per

@@ -143,6 +143,7 @@ Result<void> UringWorker::init() {
   bufMemSize_ = ringBytes + size_t{kBufCount} * kBufSize;
   bufMem_ = mmap(nullptr, bufMemSize_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (bufMem_ == MAP_FAILED) return Error::fromErrno(errno, "mmap(provided buffers)");
+  (void)madvise(bufMem_, bufMemSize_, MADV_DONTDUMP);  // raw requests, tokens in them: no core
   bufRing_ = static_cast<io_uring_buf_ring*>(bufMem_);
   bufBase_ = static_cast<char*>(bufMem_) + ringBytes;
 

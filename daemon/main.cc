@@ -2,15 +2,19 @@
 // shared-memory cache, the socket, the workers, and an orderly shutdown on SIGTERM/SIGINT.
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 #include <thread>
 #include <tuple>
@@ -66,24 +70,149 @@ Result<UniqueFd> listenUnix(const std::string& path, unsigned mode, UniqueFd& lo
   return fd;
 }
 
-// On a fresh data dir: an owner named admin and a first token, printed once on stdout.
-Result<void> createAdmin(verifier::Manager& manager) {
+// The directories tokend trusts (SPEC 12), checked like sshd's StrictModes: whoever can write
+// the data dir can swap data.mdb (and so an owner token of their own) or the socket; whoever can
+// write the socket's directory can put a listener of their own, answering "OK" to everything, in
+// place of tokend's. `dir` itself must be owned by tokend's uid or root and writable by nobody
+// else (group and other write bits off, sticky or not). Every directory above it must be owned by
+// tokend's uid or root and writable by nobody else unless it is sticky (/tmp: others cannot
+// rename or remove there what they do not own). Both the path as given (each prefix, so the
+// directory holding a symlink counts) and the resolved path are checked: a few stat calls.
+Result<void> checkTrustedDir(const std::string& dir, const char* what, const char* modeFix) {
+  const uid_t me = ::geteuid();
+  auto check = [&](const std::string& path, bool leaf) -> Result<void> {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return Error::fromErrno(errno, "Failed to stat " + path);
+    if (!S_ISDIR(st.st_mode)) return makeError(path + " is not a directory");
+    const std::string name = leaf ? fmt::format("the {} {}", what, path)
+                                  : fmt::format("{} (above the {} {})", path, what, dir);
+    if (st.st_uid != me && st.st_uid != 0) {
+      return makeError(fmt::format(
+          "{} is owned by uid {}, neither tokend's uid {} nor root: its owner could replace what "
+          "tokend keeps there. Fix: chown {} {} (or run tokend as uid {})",
+          name, st.st_uid, me, me, path, st.st_uid));
+    }
+    const bool sticky = (st.st_mode & S_ISVTX) != 0;
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (leaf || !sticky)) {
+      const char* who = (st.st_mode & S_IWOTH) == 0   ? "its group"
+                        : (st.st_mode & S_IWGRP) == 0 ? "others"
+                                                      : "its group and others";
+      return makeError(fmt::format(
+          "{} is writable by {} (mode {:04o}): they could replace what tokend keeps there. Fix: "
+          "{} {}{}",
+          name, who, st.st_mode & 07777, leaf ? modeFix : "chmod go-w", path,
+          leaf ? "" : fmt::format(" (or chmod +t {})", path)));
+    }
+    return {};
+  };
+  // Each prefix of `path` from the root down, then `path` itself as the leaf.
+  auto walk = [&](const std::string& path) -> Result<void> {
+    for (size_t pos = path.find('/', 1); pos != std::string::npos; pos = path.find('/', pos + 1)) {
+      if (auto r = check(path.substr(0, pos), false); !r) return r;
+    }
+    return check(path, true);
+  };
+  std::string absolute = dir;
+  if (absolute.empty() || absolute[0] != '/') {
+    char cwd[PATH_MAX];
+    if (::getcwd(cwd, sizeof cwd) == nullptr) return Error::fromErrno(errno, "Failed to getcwd");
+    absolute = std::string(cwd) + "/" + absolute;
+  }
+  while (absolute.size() > 1 && absolute.back() == '/') absolute.pop_back();
+  if (auto r = check("/", absolute == "/"); !r) return r;
+  if (absolute != "/") {
+    if (auto r = walk(absolute); !r) return r;
+  }
+  char resolved[PATH_MAX];
+  if (::realpath(absolute.c_str(), resolved) == nullptr)
+    return Error::fromErrno(errno, "Failed to resolve " + absolute);
+  if (resolved != absolute && std::string_view(resolved) != "/") return walk(resolved);
+  return {};
+}
+
+// Creates the data dir (and missing parents) 0700, as KeyDb::open would, so that it is checked
+// and locked before the database in it is opened.
+Result<void> makeDataDir(const std::string& dir) {
+  for (size_t pos = 1; pos <= dir.size(); ++pos) {
+    if (pos != dir.size() && dir[pos] != '/') continue;
+    const std::string part = dir.substr(0, pos);
+    if (::mkdir(part.c_str(), 0700) != 0 && errno != EEXIST)
+      return Error::fromErrno(errno, "Failed to create " + part);
+  }
+  return {};
+}
+
+// The data dir belongs to one tokend at a time, whatever socket each serves: a flock on
+// <data-dir>/tokend.lock, held while serving, released when the process ends however it ends.
+Result<UniqueFd> lockDataDir(const std::string& dir) {
+  const std::string path = dir + "/tokend.lock";
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd) return Error::fromErrno(errno, "Failed to open " + path);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK)
+      return makeError("another tokend is using the data dir " + dir + " (it holds " + path + ")");
+    return Error::fromErrno(errno, "Failed to lock " + path);
+  }
+  return fd;
+}
+
+Result<void> writeAll(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::fromErrno(errno, "write");
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return {};
+}
+
+// On a fresh data dir: an owner named admin and a first token. A service manager keeps stdout in
+// its log (journald, log forwarders), so the key goes to <data-dir>/first-token (0600, created
+// here, never an existing file or a symlink) and to stdout only when stdout is a terminal. The
+// log names the file and the token's id, never the secret.
+Result<void> createAdmin(verifier::Manager& manager, const std::string& dataDir) {
   auto users = manager.users();
   if (!users) return users.error();
   if (!users->empty()) return {};
+  // Opened before the owner is made: a key that cannot be handed over is never created.
+  const std::string path = dataDir + "/first-token";
+  UniqueFd file(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!file) {
+    if (errno == EEXIST)
+      return makeError(path +
+                       " already exists on a data dir with no users: remove it (it is not "
+                       "this database's token)");
+    return Error::fromErrno(errno, "Failed to create " + path);
+  }
   auto admin = manager.createUser("admin", {"owner"}, clockNow());
   if (!admin) return admin.error();
   verifier::CreateTokenRequest req;
   req.user = admin->id;
   req.name = "first-token";
   auto token = manager.createToken(req, clockNow());
-  if (!token) return token.error();
+  if (!token) {
+    ::unlink(path.c_str());
+    return token.error();
+  }
+  std::string line = token->key + "\n";
+  auto written = writeAll(file.get(), line);
+  if (written && ::fsync(file.get()) != 0) written = Error::fromErrno(errno, "fsync");
+  const bool terminal = ::isatty(STDOUT_FILENO) == 1;
+  if (written && terminal) (void)writeAll(STDOUT_FILENO, line);
+  OPENSSL_cleanse(line.data(), line.size());
+  OPENSSL_cleanse(token->key.data(), token->key.size());
+  if (!written) {
+    ::unlink(path.c_str());
+    return makeError(fmt::format(
+        "Failed to write the first token to {}: {}; make one with tokenctl --db {} tokens create "
+        "--user admin",
+        path, written.error().message, dataDir));
+  }
   log::info(
-      "Created the owner \"admin\" and its first token \"first-token\" (expires {}); the token is "
-      "printed once on stdout",
-      token->record.expiresAt);
-  fmt::print("{}\n", token->key);
-  std::fflush(stdout);
+      "Created the owner \"admin\" and its first token {} \"first-token\" (expires {}); its key is "
+      "in {} (mode 0600){}: delete the file once the key is kept elsewhere",
+      token->record.id, token->record.expiresAt, path,
+      terminal ? " and was printed on this terminal" : "");
   return {};
 }
 
@@ -95,6 +224,16 @@ int run(int argc, char** argv) {
                 : config.logLevel == "warn"  ? log::Level::Warn
                 : config.logLevel == "error" ? log::Level::Error
                                              : log::Level::Info);
+  // Before any key or request is in memory: no core file and no ptrace by our own uid (the
+  // process memory holds token hashes, requests with tokens in them, and created keys).
+  if (!config.allowCoreDumps) {
+    const rlimit noCore{0, 0};
+    if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 || ::setrlimit(RLIMIT_CORE, &noCore) != 0) {
+      log::error("Failed to turn core dumps off: {} (--allow-core-dumps to run with them)",
+                 std::strerror(errno));
+      return 1;
+    }
+  }
 
   // Signals are taken by one thread with sigwait: block them before any thread starts.
   sigset_t signals;
@@ -109,6 +248,26 @@ int run(int argc, char** argv) {
     dbOptions.maxMapSize = config.maxDbSize;
     dbOptions.initialMapSize = std::min(dbOptions.initialMapSize, config.maxDbSize);
   }
+  if (auto r = makeDataDir(config.dataDir); !r) {
+    log::error("{}", r.error().message);
+    return 1;
+  }
+  const std::string socketDir = config.socketPath.find('/') == std::string::npos ? "."
+                                : config.socketPath.rfind('/') == 0
+                                    ? "/"
+                                    : config.socketPath.substr(0, config.socketPath.rfind('/'));
+  for (auto [dir, what, fix] : {std::tuple{config.dataDir, "data dir", "chmod 0700"},
+                                std::tuple{socketDir, "socket directory", "chmod go-w"}}) {
+    if (auto r = checkTrustedDir(dir, what, fix); !r) {
+      log::error("Refusing to start: {}", r.error().message);
+      return 1;
+    }
+  }
+  auto dataLock = lockDataDir(config.dataDir);
+  if (!dataLock) {
+    log::error("Failed to lock the data dir: {}", dataLock.error().message);
+    return 1;
+  }
   auto db = verifier::KeyDb::open(config.dataDir, dbOptions);
   if (!db) {
     log::error("Failed to open the key database in {}: {}", config.dataDir, db.error().message);
@@ -116,7 +275,7 @@ int run(int argc, char** argv) {
   }
   verifier::Manager manager(**db, config.lifetimes);
   if (config.createAdmin) {
-    if (auto r = createAdmin(manager); !r) {
+    if (auto r = createAdmin(manager, config.dataDir); !r) {
       log::error("Failed to create the admin user: {}", r.error().message);
       return 1;
     }

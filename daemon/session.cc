@@ -2,6 +2,7 @@
 #include "daemon/session.h"
 
 #include <fmt/format.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -250,7 +251,8 @@ class ProtocolSession final : public Session {
         if (!h) return badPayload(out, id, h.error());
         Hello reply;
         reply.version = kBinaryVersion;
-        reply.features = kFeatureUsageReport | (f_.shmAllowed(peer_) ? kFeatureShm : 0);
+        reply.features =
+            kFeatureUsageReport | (f_.shmFd() >= 0 && f_.shmAllowed(peer_) ? kFeatureShm : 0);
         reply.software = kSoftware;
         encodeHello(out.bytes, id, reply);
         break;
@@ -356,7 +358,19 @@ SessionFactoryImpl::SessionFactoryImpl(Service& service, Management& management,
     }
     workers_.push_back(std::move(*w));
   }
-  if (auto fd = service_.cache().openReadOnly()) {
+  // Clients trust what they read in the segment, and judge its expiries by the wall clock: hand
+  // it out only when nobody can write it (the seal) and the daemon's clock is the wall clock (a
+  // test build's TOKEND_CLOCK_OFFSET would make the two disagree). Else the socket answers all.
+  if (!service_.cache().segment().writeSealed()) {
+    log::warn(
+        "The cache segment could not be sealed against writes (F_SEAL_FUTURE_WRITE needs Linux "
+        "5.1): it is handed to no client, which verify on the socket instead");
+  } else if (clockOffset() != 0) {
+    log::warn(
+        "The clock is moved by TOKEND_CLOCK_OFFSET ({} s): the cache segment is handed to "
+        "no client, since clients read the wall clock",
+        clockOffset());
+  } else if (auto fd = service_.cache().openReadOnly()) {
     shmFd_ = std::move(*fd);
   } else {
     log::warn("Failed to open a read-only descriptor of the cache segment: {}", fd.error().message);
@@ -371,10 +385,23 @@ bool SessionFactoryImpl::shmAllowed(const PeerCred& peer) const {
   // A TCP peer's uid is nobody's: never compare it (its sessions speak HTTP only anyway).
   if (peer.listener != ListenerKind::Unix) return false;
   if (peer.uid == ::getuid()) return true;
-  return std::find(config_.shmAllowUids.begin(), config_.shmAllowUids.end(), peer.uid) !=
-             config_.shmAllowUids.end() ||
-         std::find(config_.shmAllowGids.begin(), config_.shmAllowGids.end(), peer.gid) !=
-             config_.shmAllowGids.end();
+  const auto& gids = config_.shmAllowGids;
+  auto allowedGid = [&](gid_t g) { return std::find(gids.begin(), gids.end(), g) != gids.end(); };
+  if (std::find(config_.shmAllowUids.begin(), config_.shmAllowUids.end(), peer.uid) !=
+          config_.shmAllowUids.end() ||
+      allowedGid(peer.gid))
+    return true;
+  if (gids.empty() || peer.fd < 0) return false;
+  // The supplementary groups too (`usermod -aG`), as the peer held them at connect().
+  std::vector<gid_t> groups(64);
+  socklen_t len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+  if (::getsockopt(peer.fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0) {
+    if (errno != ERANGE) return false;
+    groups.resize(len / sizeof(gid_t));
+    if (::getsockopt(peer.fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) != 0) return false;
+  }
+  groups.resize(len / sizeof(gid_t));
+  return std::any_of(groups.begin(), groups.end(), allowedGid);
 }
 
 std::string SessionFactoryImpl::notReady() const {

@@ -71,6 +71,9 @@ Result<Segment> Segment::create(const SegmentSpec& spec) {
   void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd->get(), 0);
   if (p == MAP_FAILED) return Error::fromErrno(errno, "mmap shm segment");
   Mapping map(p, size);
+  // Every cached token's hash and its user: not for a core file (the default coredump_filter
+  // dumps shared mappings).
+  if (::madvise(p, size, MADV_DONTDUMP) != 0) return Error::fromErrno(errno, "madvise shm segment");
 
   // Written before the seals and before any descriptor leaves the process: readers that validate
   // these fields need no ordering beyond the fd hand-off itself.
@@ -120,6 +123,8 @@ Result<SegmentView> SegmentView::attach(int fd, const SegmentSpec& expect) {
   void* p = ::mmap(nullptr, fileSize, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (p == MAP_FAILED) return Error::fromErrno(errno, "mmap shm segment");
   Mapping map(p, fileSize);
+  // Nor in a client's (a gateway's) core file. Advisory: a failure changes no verdict.
+  (void)::madvise(p, fileSize, MADV_DONTDUMP);
 
   const auto* h = static_cast<const SegmentHeader*>(p);
   if (h->magic != kSegmentMagic) return badSegment("bad magic");

@@ -71,8 +71,8 @@ void Daemon::start(const std::vector<std::string>& extra) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   if (adminToken_.empty()) {
-    std::string out = child_.out();
-    if (auto nl = out.find('\n'); nl != std::string::npos) adminToken_ = out.substr(0, nl);
+    std::string key = readFile(data_ + "/first-token");
+    if (auto nl = key.find('\n'); nl != std::string::npos) adminToken_ = key.substr(0, nl);
   }
 }
 

@@ -25,7 +25,7 @@ class Daemon {
   bool running() const { return child_.pid > 0; }
   pid_t pid() const { return child_.pid; }
 
-  // The admin's first token, printed by the first start on a fresh data dir.
+  // The admin's first token, left in <data>/first-token by the first start on a fresh data dir.
   const std::string& adminToken() const { return adminToken_; }
   const std::string& socket() const { return socket_; }
   const std::string& dataDir() const { return data_; }

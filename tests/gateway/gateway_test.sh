@@ -89,8 +89,8 @@ sock=$data/tokend.sock
 "$TOKEND" --data-dir "$data" --log-level warn >"$tmp/tokend.out" 2>"$tmp/tokend.log" &
 tokend_pid=$!
 pids+=("$tokend_pid")
-wait_for tokend 100 test -s "$tmp/tokend.out"
-admin_token=$(head -1 "$tmp/tokend.out")
+wait_for tokend 100 test -s "$data/first-token"
+admin_token=$(head -1 "$data/first-token")
 wait_for "tokend's socket" 100 curl -sf -o /dev/null --unix-socket "$sock" http://tokend/healthz
 
 ctl() { "$TOKENCTL" --db "$data" "$@"; }

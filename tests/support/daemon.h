@@ -24,10 +24,10 @@ std::string readUntilClosed(int fd, int timeoutMs, bool* closed);
 class Daemon {
  public:
   // Starts the built tokend (env TOKEND) on <tmp>/data with `args`, waits for its socket, and
-  // reads the admin's first token from its stdout. When `args` hold "--data-dir DIR", DIR is used
-  // instead (e.g. a small tmpfs); "--socket PATH" is honoured too. When TOKEND_TEST_LAUNCHER is set
-  // (a program path), tokend runs under it: "<launcher> <tokend> args..." (e.g. a seccomp filter
-  // that refuses io_uring).
+  // reads the admin's first token from <data-dir>/first-token. When `args` hold "--data-dir DIR",
+  // DIR is used instead (e.g. a small tmpfs); "--socket PATH" is honoured too. When
+  // TOKEND_TEST_LAUNCHER is set (a program path), tokend runs under it: "<launcher> <tokend>
+  // args..." (e.g. a seccomp filter that refuses io_uring).
   explicit Daemon(std::vector<std::string> args = {}, std::map<std::string, std::string> env = {});
   ~Daemon();
   Daemon(const Daemon&) = delete;
@@ -50,6 +50,7 @@ class Daemon {
   const std::string& adminToken() const { return adminToken_; }
   const TempDir& dir() const { return dir_; }
   std::string log() const { return child_.err(); }
+  std::string out() const { return child_.out(); }
 
   // tokenctl --db <data> args...; the result of the run.
   RunResult ctl(std::vector<std::string> args, std::map<std::string, std::string> env = {}) const;

@@ -175,6 +175,22 @@ bool waitFor(const std::function<bool()>& cond, std::chrono::milliseconds limit)
   return true;
 }
 
+RunResult runWithin(const std::vector<std::string>& argv, const std::string& dir,
+                    std::chrono::milliseconds limit) {
+  Child c = spawn(argv, {}, dir);
+  int ws = 0;
+  RunResult r;
+  if (waitFor([&] { return waitpid(c.pid, &ws, WNOHANG) == c.pid; }, limit)) {
+    r.status = decode(ws);
+    c.pid = -1;
+  } else {
+    c.stop(SIGKILL);
+  }
+  r.out = c.out();
+  r.err = c.err();
+  return r;
+}
+
 std::chrono::milliseconds revocationBound(pid_t daemon) {
   return std::chrono::milliseconds(sanitized(daemon) ? 200 : 10);
 }

@@ -57,6 +57,12 @@ std::string readFile(const std::string& path);
 bool waitFor(const std::function<bool()>& cond,
              std::chrono::milliseconds limit = std::chrono::seconds(5));
 
+// Runs argv (stdin /dev/null, output to files in `dir`) and waits at most `limit` for it to end;
+// one still running then is killed and reported with status -1 (a program expected to refuse to
+// start that starts instead fails the test rather than hanging it).
+RunResult runWithin(const std::vector<std::string>& argv, const std::string& dir,
+                    std::chrono::milliseconds limit = std::chrono::seconds(10));
+
 // A "<field>: <n> kB" line of /proc/<pid>/status (VmRSS, RssAnon, ...), in KiB; -1 when it
 // cannot be read. RssAnon is the heap and stacks, without mapped files such as the database.
 long statusKiB(pid_t pid, const char* field);
