@@ -89,7 +89,10 @@ class ProtocolSession final : public Session {
     aheadCount_ = 0;
     aheadNext_ = 0;
     size_t at = 0;
-    while (aheadCount_ < kPrefetchAhead && at < in.size()) {
+    // At most kPrefetchAhead requests are looked at, whatever they are: counting only the
+    // verifications found made a stream of PINGs (or usage reports) parse the whole held-back
+    // input on every call, quadratic work that starved every other connection on the worker.
+    for (size_t seen = 0; seen < kPrefetchAhead && at < in.size(); ++seen) {
       std::string_view rest = in.substr(at);
       if (proto_ == Protocol::Binary) {
         FrameParse p = parseFrame(rest);
