@@ -22,12 +22,14 @@ struct SessionConfig {
 class SessionFactoryImpl final : public SessionFactory {
  public:
   SessionFactoryImpl(Service& service, Management& management, SessionConfig config, int threads);
-  std::unique_ptr<Session> open(int worker, const PeerCred& peer) override;
+  std::unique_ptr<Session> open(int worker, const PeerCred& peer, Resume resume) override;
   // Set once the server exists, for /metrics.
   void setLoopStats(const LoopStats* stats) { loopStats_ = stats; }
 
   Service& service() { return service_; }
   Management& management() { return management_; }
+  // The Service worker of the writer thread, where management writes run (Service::post).
+  Service::Worker& writerWorker() { return *writerWorker_; }
   bool shmAllowed(const PeerCred& peer) const;
   const LoopStats* loopStats() const { return loopStats_; }
   std::string renderMetrics() const;
@@ -39,6 +41,7 @@ class SessionFactoryImpl final : public SessionFactory {
   Management& management_;
   SessionConfig config_;
   std::vector<std::unique_ptr<Service::Worker>> workers_;
+  std::unique_ptr<Service::Worker> writerWorker_;
   const LoopStats* loopStats_ = nullptr;
   UniqueFd shmFd_;
 };
