@@ -7,9 +7,11 @@
 // up to kStopFlushMs, aborts what is left, and returns from run().
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -111,23 +113,26 @@ class Worker {
       markDirty(slot);
     }
   }
-  // Over maxBufferedOutput: calls shed(slot, conn) for this worker's largest backlog.
+  // Over maxBufferedOutput: calls shed(slot, conn) for this worker's largest backlogs, largest
+  // first, until what they hold covers the excess (every worker sheds its own, so a tick may
+  // shed more than needed; the budget is a ceiling, not a target).
   template <class F>
   void shedLargest(F&& shed) {
-    if (config_.maxBufferedOutput == 0 || stats_.bufferedOutput.load(std::memory_order_relaxed) <=
-                                              static_cast<int64_t>(config_.maxBufferedOutput))
-      return;
-    int64_t largest = -1;
-    size_t most = 0;
+    if (config_.maxBufferedOutput == 0) return;
+    int64_t excess = stats_.bufferedOutput.load(std::memory_order_relaxed) -
+                     static_cast<int64_t>(config_.maxBufferedOutput);
+    if (excess <= 0) return;
+    std::vector<std::pair<size_t, uint32_t>> backlogs;
     table_.forEachLive([&](uint32_t slot, Connection& c) {
-      if (!c.io.closing && c.unsent() > most) {
-        most = c.unsent();
-        largest = slot;
-      }
+      if (!c.io.closing && c.unsent() > 0) backlogs.emplace_back(c.unsent(), slot);
     });
-    if (largest < 0) return;
-    stats_.shed.fetch_add(1, std::memory_order_relaxed);
-    shed(static_cast<uint32_t>(largest), table_.at(static_cast<uint32_t>(largest)));
+    std::sort(backlogs.begin(), backlogs.end(), std::greater<>());
+    for (auto [owed, slot] : backlogs) {
+      if (excess <= 0) break;
+      excess -= static_cast<int64_t>(owed);
+      stats_.shed.fetch_add(1, std::memory_order_relaxed);
+      shed(slot, table_.at(slot));
+    }
   }
   // Closes the socket and returns its Connection to the pool.
   void retire(uint32_t slot);
