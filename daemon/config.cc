@@ -85,16 +85,52 @@ ParseOutcome parseConfig(int argc, char** argv, Config& c, int& exitCode) {
       ->envname("TOKEND_MAX_CONNECTIONS")
       ->check(CLI::Range(size_t{1}, size_t{1} << 20))
       ->capture_default_str();
+  app.add_option("--max-connections-per-uid", c.loop.maxConnectionsPerUid,
+                 "Connections one uid may hold, 0 for no cap (the daemon's own uid and "
+                 "--shm-allow-uid uids are not capped)")
+      ->envname("TOKEND_MAX_CONNECTIONS_PER_UID")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 20))
+      ->capture_default_str();
+  app.add_option("--reserved-connections", c.loop.reservedConnections,
+                 "Places of --max-connections kept for the daemon's own uid and --shm-allow-uid "
+                 "uids")
+      ->envname("TOKEND_RESERVED_CONNECTIONS")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 20))
+      ->capture_default_str();
   app.add_option("--max-pending-input", c.loop.maxPendingInput,
                  "Unanswered request bytes buffered per connection before it is closed")
       ->envname("TOKEND_MAX_PENDING_INPUT")
       ->check(CLI::Range(size_t{80 * 1024}, size_t{64} << 20))
       ->capture_default_str();
   app.add_option("--max-pending-output", c.loop.maxPendingOutput,
-                 "Unsent answer bytes per connection before reading from it pauses")
+                 "Unsent answer bytes per connection before reading from it pauses (256 KiB)")
       ->envname("TOKEND_MAX_PENDING_OUTPUT")
       ->check(CLI::Range(size_t{4096}, size_t{1} << 30))
       ->capture_default_str();
+  app.add_option_function<std::string>(
+         "--max-buffered-output",
+         [&c](const std::string& text) {
+           auto n = parseSize(text);
+           if (!n)
+             throw CLI::ValidationError("--max-buffered-output",
+                                        "want a size like 64M, or 0 for no budget");
+           c.loop.maxBufferedOutput = *n;
+         },
+         "Unsent answer bytes across every connection; past it connections with a backlog "
+         "stop being read and the largest backlogs are closed (K, M, G suffixes; 0: no budget; "
+         "default 64M)")
+      ->envname("TOKEND_MAX_BUFFERED_OUTPUT");
+  app.add_option_function<std::string>(
+         "--min-drain-bytes",
+         [&c](const std::string& text) {
+           auto n = parseSize(text);
+           if (!n)
+             throw CLI::ValidationError("--min-drain-bytes", "want a size like 64K, or 0 for off");
+           c.loop.minDrainBytes = *n;
+         },
+         "Bytes a connection owing output must take per --stall-timeout-ms window (unless it "
+         "took all), or it is closed (K, M suffixes; 0: off; default 1M)")
+      ->envname("TOKEND_MIN_DRAIN_BYTES");
   app.add_option("--stall-timeout-ms", c.loop.stallTimeoutMs,
                  "A partial request older than this closes its connection")
       ->envname("TOKEND_STALL_TIMEOUT_MS")
@@ -184,6 +220,10 @@ ParseOutcome parseConfig(int argc, char** argv, Config& c, int& exitCode) {
   lt.refreshEnabled = !noRefresh;
   c.createAdmin = !noAdmin;
   if (c.socketPath.empty()) c.socketPath = c.dataDir + "/tokend.sock";
+  // The daemon's own uid and the uids trusted with the segment (gateways, libtokend users) are
+  // not capped per uid and may use the reserved places.
+  c.loop.reservedUids = c.shmAllowUids;
+  c.loop.reservedUids.push_back(::getuid());
   return ParseOutcome::Run;
 }
 

@@ -31,12 +31,15 @@ Result<PeerCred> readPeerCred(int fd) {
   socklen_t len = sizeof(cred);
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
     return Error::fromErrno(errno, "getsockopt(SO_PEERCRED)");
-  return PeerCred{cred.pid, cred.uid, cred.gid, fd};
+  PeerCred peer{cred.pid, cred.uid, cred.gid};
+  peer.fd = fd;
+  return peer;
 }
 
-void Connection::open(UniqueFd fd, std::unique_ptr<Session> session, int64_t now) {
+void Connection::open(UniqueFd fd, std::unique_ptr<Session> session, uid_t uid, int64_t now) {
   fd_ = std::move(fd);
   session_ = std::move(session);
+  uid_ = uid;
   ++generation_;
   progressAt_ = activeAt_ = now;
   io = Io{};
@@ -53,8 +56,50 @@ void Connection::release() {
   pendingFd_ = sendFd_ = -1;
   pendingFdAt_ = sendFdAt_ = 0;
   inFlight_ = SendChunk{};
-  sendInFlight_ = readEnded_ = closeRequested_ = false;
+  sendInFlight_ = readEnded_ = closeRequested_ = waiting_ = false;
+  account(0);
   io = Io{};
+}
+
+void Connection::account(int64_t now) {
+  const size_t owed = unsent();
+  if (owed != accounted_) {
+    stats_.bufferedOutput.fetch_add(static_cast<int64_t>(owed) - static_cast<int64_t>(accounted_),
+                                    std::memory_order_relaxed);
+    accounted_ = owed;
+  }
+  if (owed == 0) {
+    windowAt_ = 0;
+  } else if (windowAt_ == 0) {
+    windowAt_ = now;
+    windowSent_ = 0;
+  }
+}
+
+bool Connection::took(After after, size_t before) {
+  bool ok = true;
+  if (out_.passFd >= 0) {
+    // The descriptor belongs to the answer written by this call; SCM_RIGHTS needs at least
+    // one byte to travel with.
+    if (out_.bytes.size() == before) ok = false;
+    pendingFd_ = std::exchange(out_.passFd, -1);
+    pendingFdAt_ = before;
+  }
+  if (after == After::Close) closeRequested_ = true;
+  if (after == After::Wait) waiting_ = true;
+  return ok;
+}
+
+bool Connection::resume(int64_t now) {
+  if (!waiting_ || !session_) return true;
+  waiting_ = false;
+  progressAt_ = activeAt_ = now;
+  const size_t before = out_.bytes.size();
+  bool ok = took(session_->onResume(out_), before);
+  if (ok && !closeRequested_ && !waiting_ && !in_.empty()) ok = pump({}, now);
+  if (closeRequested_) in_.clear();
+  account(now);
+  return ok;
 }
 
 bool Connection::onReceived(std::string_view data, int64_t now) {
@@ -86,19 +131,13 @@ bool Connection::pump(std::string_view fresh, int64_t now) {
     const After after = session_->onInput(src.substr(offset), consumed, out_);
     offset += std::min(consumed, src.size() - offset);
     if (consumed > 0) progressAt_ = now;
-    if (out_.passFd >= 0) {
-      // The descriptor belongs to the answer written by this call; SCM_RIGHTS needs at least
-      // one byte to travel with.
-      if (out_.bytes.size() == before) ok = false;
-      pendingFd_ = std::exchange(out_.passFd, -1);
-      pendingFdAt_ = before;
-    }
-    if (after == After::Close) closeRequested_ = true;
+    ok = took(after, before);
     if (consumed == 0 || !ok) break;
   }
 
   if (closeRequested_) {
     in_.clear();
+    account(now);
     return ok;
   }
   if (wasEmpty) {
@@ -108,8 +147,9 @@ bool Connection::pump(std::string_view fresh, int64_t now) {
   }
   // A partial request starts its stall clock when it first appears.
   if (wasEmpty && !in_.empty()) progressAt_ = now;
+  account(now);
   // Held-back input is only over the limit if the Session had its chance to consume it; while
-  // output is blocked the backends stop reading, which bounds it.
+  // output is blocked or the Session waits the backends stop reading, which bounds it.
   if (sessionMayRun() && in_.size() > config_.maxPendingInput) return false;
   return ok;
 }
@@ -160,6 +200,7 @@ bool Connection::endSend(size_t sent, int64_t now) {
     // The descriptor went with the first byte of its chunk.
     if (inFlight_.fd >= 0) sendFd_ = -1;
     sendOffset_ += sent;
+    windowSent_ += sent;
     progressAt_ = activeAt_ = now;
   }
   if (sendOffset_ == sending_.size()) {
@@ -168,13 +209,23 @@ bool Connection::endSend(size_t sent, int64_t now) {
   }
   inFlight_ = SendChunk{};
   if (!in_.empty() && sessionMayRun()) return pump({}, now);
+  account(now);
   return true;
 }
 
-Connection::Expiry Connection::expiry(int64_t now) const {
+Connection::Expiry Connection::expiry(int64_t now) {
+  if (waiting_) return Expiry::None;
   if (!in_.empty() || unsent() > 0) {
     if (config_.stallTimeoutMs > 0 && now - progressAt_ > config_.stallTimeoutMs)
       return Expiry::Stall;
+    // The window opened when output became owed and it has been owed since (else account()
+    // would have closed it): too little of it went out in a whole window.
+    if (config_.stallTimeoutMs > 0 && config_.minDrainBytes > 0 && windowAt_ > 0 &&
+        now - windowAt_ >= config_.stallTimeoutMs) {
+      if (windowSent_ < config_.minDrainBytes) return Expiry::SlowDrain;
+      windowAt_ = now;
+      windowSent_ = 0;
+    }
     return Expiry::None;
   }
   if (config_.idleTimeoutMs > 0 && now - activeAt_ > config_.idleTimeoutMs) return Expiry::Idle;
@@ -188,7 +239,7 @@ uint32_t ConnectionTable::acquire() {
     free_.pop_back();
     return slot;
   }
-  slots_.push_back(std::make_unique<Connection>(config_));
+  slots_.push_back(std::make_unique<Connection>(config_, stats_));
   return static_cast<uint32_t>(slots_.size() - 1);
 }
 

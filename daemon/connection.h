@@ -39,14 +39,15 @@ struct SendChunk {
 
 class Connection {
  public:
-  enum class Expiry { None, Stall, Idle };
+  enum class Expiry { None, Stall, SlowDrain, Idle };
 
-  explicit Connection(const LoopConfig& config) : config_(config) {}
+  Connection(const LoopConfig& config, LoopStats& stats) : config_(config), stats_(stats) {}
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Starts serving `fd` (taken) with `session`.
-  void open(UniqueFd fd, std::unique_ptr<Session> session, int64_t now);
+  // Starts serving `fd` (taken) with `session`, for a peer of `uid`.
+  void open(UniqueFd fd, std::unique_ptr<Session> session, uid_t uid, int64_t now);
+  uid_t uid() const { return uid_; }
   // Closes the socket and drops the Session; buffers keep their capacity for the next
   // connection unless a large answer inflated them.
   void release();
@@ -70,10 +71,25 @@ class Connection {
     in_.clear();
   }
   // Whether reading more is useful now: the read side is open, the Session has not asked to
-  // close, and unsent output is within maxPendingOutput (backpressure).
-  bool wantsRead() const { return !readEnded_ && !closeRequested_ && !outputBlocked(); }
-  bool outputBlocked() const { return unsent() > config_.maxPendingOutput; }
+  // close, is not waiting for an answer (After::Wait), and output is not blocked.
+  bool wantsRead() const { return !readEnded_ && !closeRequested_ && !paused(); }
+  // Backpressure: unsent output over maxPendingOutput, or any backlog while every connection's
+  // together is over maxBufferedOutput.
+  bool outputBlocked() const {
+    const size_t owed = unsent();
+    return owed > config_.maxPendingOutput || (owed > 0 && overBudget());
+  }
+  bool overBudget() const {
+    return config_.maxBufferedOutput > 0 && stats_.bufferedOutput.load(std::memory_order_relaxed) >
+                                                static_cast<int64_t>(config_.maxBufferedOutput);
+  }
+  // Reading stops: output is blocked or the Session waits for an answer.
+  bool paused() const { return waiting_ || outputBlocked(); }
+  bool waiting() const { return waiting_; }
   bool readEnded() const { return readEnded_; }
+  // The Session's Resume was called: it appends its answer, then held-back input is handed to
+  // it. Same return as onReceived.
+  [[nodiscard]] bool resume(int64_t now);
 
   // --- Output -------------------------------------------------------------------------------
   // Whether there is something to send and no send is in flight (never two on one socket).
@@ -92,10 +108,14 @@ class Connection {
 
   // --- Lifecycle ----------------------------------------------------------------------------
   // Nothing more will be read or answered and everything owed has been sent: close it.
-  bool done() const { return (readEnded_ || closeRequested_) && !sendInFlight_ && unsent() == 0; }
-  // Stall: input or output pending with no progress for stallTimeoutMs. Idle: nothing pending
-  // and no traffic for idleTimeoutMs. A timeout <= 0 is off.
-  Expiry expiry(int64_t now) const;
+  bool done() const {
+    return (readEnded_ || closeRequested_) && !waiting_ && !sendInFlight_ && unsent() == 0;
+  }
+  // Stall: input or output pending with no progress for stallTimeoutMs. SlowDrain: output owed
+  // for a whole stall window of which under minDrainBytes went out. Idle: nothing pending and
+  // no traffic for idleTimeoutMs. A timeout <= 0 is off. Never while the Session waits (the
+  // daemon is working, not the peer). Starts the next drain window when this one passed.
+  Expiry expiry(int64_t now);
 
   // Backend-owned state, kept here so that a pooled connection is a single object.
   struct Io {
@@ -108,11 +128,22 @@ class Connection {
 
  private:
   bool sessionMayRun() const {
-    return !closeRequested_ && pendingFd_ < 0 && !outputBlocked() && session_;
+    return !closeRequested_ && !waiting_ && pendingFd_ < 0 && !outputBlocked() && session_;
   }
   bool pump(std::string_view fresh, int64_t now);
+  // Takes what one Session call did (its answer's descriptor, Close, Wait); false when a
+  // descriptor came with no byte to carry it.
+  bool took(After after, size_t before);
+  // Brings LoopStats::bufferedOutput and the drain window up to date with unsent().
+  void account(int64_t now);
 
   const LoopConfig& config_;
+  LoopStats& stats_;
+  uid_t uid_ = 0;
+  size_t accounted_ = 0;   // this connection's share of LoopStats::bufferedOutput
+  int64_t windowAt_ = 0;   // start of the drain window; 0 while nothing is owed
+  size_t windowSent_ = 0;  // bytes sent in it
+  bool waiting_ = false;   // the Session returned After::Wait and was not resumed yet
   UniqueFd fd_;
   uint32_t generation_ = 0;
   std::unique_ptr<Session> session_;
@@ -142,7 +173,7 @@ class Connection {
 // and never move, so a slot number can travel through the kernel in user_data.
 class ConnectionTable {
  public:
-  explicit ConnectionTable(const LoopConfig& config) : config_(config) {}
+  ConnectionTable(const LoopConfig& config, LoopStats& stats) : config_(config), stats_(stats) {}
 
   uint32_t acquire();
   void release(uint32_t slot);
@@ -158,6 +189,7 @@ class ConnectionTable {
 
  private:
   const LoopConfig& config_;
+  LoopStats& stats_;
   std::vector<std::unique_ptr<Connection>> slots_;
   std::vector<uint32_t> free_;
   size_t live_ = 0;

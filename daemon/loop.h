@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -51,7 +52,32 @@ struct Output {
   int passFd = -1;
 };
 
-enum class After { Continue, Close };
+// Continue: go on. Close: close once `out` has been sent. Wait: the answer to the last consumed
+// request comes later (work running on another thread); the loop stops reading from the
+// connection and calling onInput() until Resume::operator() is called, then calls onResume().
+enum class After { Continue, Close, Wait };
+
+// Wakes a connection whose Session returned After::Wait. Copyable, callable from any thread, and
+// harmless once the connection (or the whole Server) is gone.
+class Resume {
+ public:
+  struct Box;  // the worker's list of connections to resume, shared with every Resume
+  Resume() = default;
+  Resume(std::shared_ptr<Box> box, uint32_t slot, uint32_t generation)
+      : box_(std::move(box)), slot_(slot), generation_(generation) {}
+  void operator()() const;
+
+ private:
+  std::shared_ptr<Box> box_;
+  uint32_t slot_ = 0;
+  uint32_t generation_ = 0;
+};
+
+struct Resume::Box {
+  std::mutex mu;
+  int wakeFd = -1;                                     // -1 once the worker is gone
+  std::vector<std::pair<uint32_t, uint32_t>> pending;  // slot, generation
+};
 
 class Session {
  public:
@@ -60,15 +86,19 @@ class Session {
   // their answers to `out`, and set `consumed`. Return Close to close the connection once `out`
   // has been sent (framing broken, a limit exceeded). The loop calls again while the call consumed
   // something and whole input may remain, and not while unsent output exceeds maxPendingOutput.
+  // Return Wait (having consumed the request) to answer it later, see After.
   virtual After onInput(std::string_view in, size_t& consumed, Output& out) = 0;
+  // After a Wait, once resumed, on the worker: append the answer that was waited for. The loop
+  // then calls onInput() on the input held back meanwhile. Continue, Close or Wait again.
+  virtual After onResume(Output&) { return After::Continue; }
 };
 
 class SessionFactory {
  public:
   virtual ~SessionFactory() = default;
   // Called on the worker thread that will own the connection. A null Session refuses it (closed
-  // at once, counted in LoopStats::refused).
-  virtual std::unique_ptr<Session> open(int worker, const PeerCred& peer) = 0;
+  // at once, counted in LoopStats::refused). `resume` wakes the connection after a Wait.
+  virtual std::unique_ptr<Session> open(int worker, const PeerCred& peer, Resume resume) = 0;
 };
 
 enum class Backend { Auto, Uring, Epoll };
@@ -77,18 +107,33 @@ enum class Backend { Auto, Uring, Epoll };
 struct LoopConfig {
   int threads = 1;  // at least 1
   Backend backend = Backend::Auto;
-  size_t maxConnections = 4096;        // accepted beyond this are closed at once
-  size_t maxPendingInput = 80 * 1024;  // unconsumed bytes per connection before it is closed
-  size_t maxPendingOutput = 1 << 20;   // unsent bytes per connection before reading pauses
+  size_t maxConnections = 4096;  // accepted beyond this are closed at once
+  // Connections one uid may hold; 0 is off. `reservedUids` are not capped, and only they may
+  // take the last `reservedConnections` places of maxConnections.
+  size_t maxConnectionsPerUid = 1024;
+  std::vector<uid_t> reservedUids;
+  size_t reservedConnections = 64;
+  size_t maxPendingInput = 80 * 1024;   // unconsumed bytes per connection before it is closed
+  size_t maxPendingOutput = 256 << 10;  // unsent bytes per connection before reading pauses
+  // Unsent bytes across every connection. Past it, connections with a backlog stop being read
+  // and, each tick, every worker closes its largest backlog; 0 is off.
+  size_t maxBufferedOutput = 64 << 20;
   // A partial request (or unsent output) with no progress for this long closes the connection.
   int stallTimeoutMs = 10000;
+  // Output owed for a whole stall window must drain at least this many bytes in it (or all of
+  // it), or the connection is closed: a reader taking a byte now and then is not progress.
+  size_t minDrainBytes = 1 << 20;
   int idleTimeoutMs = 300000;  // a connection with nothing pending is closed after this
 };
 
 // Counters, updated by the workers with relaxed atomics (they are statistics, not sync points).
 struct LoopStats {
   std::atomic<uint64_t> accepted{0};
-  std::atomic<uint64_t> refused{0};  // over maxConnections, or no Session from the factory
+  std::atomic<uint64_t> refused{0};        // over maxConnections, or no Session from the factory
+  std::atomic<uint64_t> refusedPerUid{0};  // of those, over maxConnectionsPerUid or the reserve
+  std::atomic<uint64_t> shed{0};           // closed for the maxBufferedOutput budget
+  std::atomic<uint64_t> slowDrain{0};      // closed for draining under minDrainBytes
+  std::atomic<int64_t> bufferedOutput{0};  // unsent bytes now, every connection
   std::atomic<uint64_t> closed{0};
   std::atomic<uint64_t> timedOut{0};
   std::atomic<uint64_t> open{0};

@@ -53,6 +53,7 @@ class EpollWorker final : public Worker {
   bool listen();
   void unlisten();
   void acceptSome(size_t listener);
+  void registerConnection(uint32_t slot);
   void onEvent(const epoll_event& ev);
   void onTick();
   void settle(uint32_t slot);
@@ -139,6 +140,10 @@ void EpollWorker::run() {
 
     for (size_t i = 0; i < dirty_.size(); ++i) settle(dirty_[i]);
     dirty_.clear();
+    // Connections retired above may have made places for those waiting to be admitted.
+    admitWaiting([&](uint32_t slot) { registerConnection(slot); });
+    for (size_t i = 0; i < dirty_.size(); ++i) settle(dirty_[i]);
+    dirty_.clear();
 
     if (stopping_ && table_.live() == 0) break;
   }
@@ -150,6 +155,7 @@ void EpollWorker::onEvent(const epoll_event& ev) {
   if (slot == kWakeSlot) {
     uint64_t value;
     [[maybe_unused]] ssize_t r = ::read(wakeFd_.get(), &value, sizeof(value));
+    resumeWaiting([&](uint32_t s, Connection& c) { abort(s, c); });
     if (stopRequested() && !stopping_) beginStop();
     return;
   }
@@ -179,23 +185,26 @@ void EpollWorker::acceptSome(size_t listener) {
       return;
     }
     const int64_t adopted = adopt(fd, l.kind);
-    if (adopted < 0) continue;
-    const auto slot = static_cast<uint32_t>(adopted);
-    Connection& c = table_.at(slot);
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    ev.data.u64 = pack(slot, c.generation());
-    if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c.fd(), &ev) < 0) abort(slot, c);
-    // Edge-triggered: whatever arrived before registration raised no edge, so try reading.
-    c.io.readArmed = true;
-    c.io.writable = true;
-    markDirty(slot);
+    if (adopted >= 0) registerConnection(static_cast<uint32_t>(adopted));
   }
+}
+
+void EpollWorker::registerConnection(uint32_t slot) {
+  Connection& c = table_.at(slot);
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  ev.data.u64 = pack(slot, c.generation());
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c.fd(), &ev) < 0) abort(slot, c);
+  // Edge-triggered: whatever arrived before registration raised no edge, so try reading.
+  c.io.readArmed = true;
+  c.io.writable = true;
+  markDirty(slot);
 }
 
 void EpollWorker::onTick() {
   if (listenRetry_ && !stopping_) listenRetry_ = !listen();
   sweep([&](uint32_t slot, Connection& c) { abort(slot, c); });
+  shedLargest([&](uint32_t slot, Connection& c) { abort(slot, c); });
   if (stopping_ && now_ >= stopDeadline_) {
     table_.forEachLive([&](uint32_t slot, Connection& c) { abort(slot, c); });
   }

@@ -143,7 +143,9 @@ Result<void> UringWorker::init() {
   bufMemSize_ = ringBytes + size_t{kBufCount} * kBufSize;
   bufMem_ = mmap(nullptr, bufMemSize_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (bufMem_ == MAP_FAILED) return Error::fromErrno(errno, "mmap(provided buffers)");
-  (void)madvise(bufMem_, bufMemSize_, MADV_DONTDUMP);  // raw requests, tokens in them: no core
+  // Received requests (tokens in them) pass through these buffers: keep them out of core dumps.
+  // Best effort: a kernel without MADV_DONTDUMP still serves.
+  (void)madvise(bufMem_, bufMemSize_, MADV_DONTDUMP);
   bufRing_ = static_cast<io_uring_buf_ring*>(bufMem_);
   bufBase_ = static_cast<char*>(bufMem_) + ringBytes;
 
@@ -275,6 +277,10 @@ void UringWorker::run() {
     // its receives completed, together (pipelining).
     for (size_t i = 0; i < dirty_.size(); ++i) settle(dirty_[i]);
     dirty_.clear();
+    // Connections retired above may have made places for those waiting to be admitted.
+    admitWaiting([&](uint32_t slot) { markDirty(slot); });
+    for (size_t i = 0; i < dirty_.size(); ++i) settle(dirty_[i]);
+    dirty_.clear();
 
     if (stopping_) {
       if (table_.live() == 0 && !anyAcceptArmed()) break;
@@ -297,6 +303,7 @@ void UringWorker::handle(const io_uring_cqe& cqe) {
       onAccept(cqe.user_data, cqe.res, cqe.flags);
       break;
     case Op::Wake:
+      resumeWaiting([&](uint32_t slot, Connection& c) { abort(slot, c); });
       if (stopRequested()) {
         if (!stopping_) beginStop();
       } else if (cqe.res != -ECANCELED) {
@@ -387,6 +394,7 @@ void UringWorker::onTick() {
     armAccepts();
   }
   sweep([&](uint32_t slot, Connection& c) { abort(slot, c); });
+  shedLargest([&](uint32_t slot, Connection& c) { abort(slot, c); });
   if (stopping_ && now_ >= stopDeadline_) {
     table_.forEachLive([&](uint32_t slot, Connection& c) { abort(slot, c); });
   }
@@ -423,9 +431,9 @@ void UringWorker::settle(uint32_t slot) {
   }
   if (!c.io.readArmed && c.wantsRead()) {
     armRecv(slot, c);
-  } else if (c.io.readArmed && c.outputBlocked() && !c.io.readCancel) {
-    // Backpressure: stop reading while the peer is not taking its answers; re-armed above once
-    // output drains.
+  } else if (c.io.readArmed && c.paused() && !c.io.readCancel) {
+    // Backpressure: stop reading while the peer is not taking its answers (or the Session
+    // waits for one); re-armed above once output drains.
     cancelRecv(slot, c);
   }
 }

@@ -4,6 +4,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <unordered_map>
 
@@ -354,16 +355,36 @@ void Service::watch() {
   }
 }
 
+void Service::post(std::function<void()> job) {
+  {
+    std::lock_guard lock(stopMu_);
+    jobs_.push_back(std::move(job));
+  }
+  stopCv_.notify_all();
+}
+
 void Service::writeback() {
   // A database that refuses writes (a full disk) fails every round: log the first failure, then
   // at most once a minute, and the recovery, instead of a line every interval.
   pthread_setname_np(pthread_self(), "tokend-writer");
   bool failing = false;
   int64_t loggedAt = 0;
+  const auto interval = std::chrono::milliseconds(options_.writebackIntervalMs);
+  auto due = std::chrono::steady_clock::now() + interval;
   std::unique_lock lock(stopMu_);
+  auto runJobs = [&] {
+    while (!jobs_.empty()) {
+      std::function<void()> job = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      job();
+      lock.lock();
+    }
+  };
   while (!stopping_) {
-    stopCv_.wait_for(lock, std::chrono::milliseconds(options_.writebackIntervalMs),
-                     [&] { return stopping_; });
+    stopCv_.wait_until(lock, due, [&] { return stopping_ || !jobs_.empty(); });
+    runJobs();
+    if (stopping_ || std::chrono::steady_clock::now() < due) continue;
     lock.unlock();
     auto r = flushUses();
     const int64_t now = clockNow();
@@ -375,8 +396,10 @@ void Service::writeback() {
       log::info("Write-back of token uses works again");
     }
     failing = !r;
+    due = std::chrono::steady_clock::now() + interval;
     lock.lock();
   }
+  runJobs();
 }
 
 void Service::start() {

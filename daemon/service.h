@@ -8,6 +8,8 @@
 
 #include <array>
 #include <condition_variable>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -103,6 +105,11 @@ class Service {
   // Returns how many were accepted; the others are counted by UseRefusal.
   size_t reportUses(std::span<const Use> uses, bool attached);
 
+  // Runs `job` on the write-back thread (tokend-writer), in order with the other jobs: management
+  // writes, whose commit and fsync must not hold up the I/O worker that received them. Jobs
+  // still queued at stop() run before it returns.
+  void post(std::function<void()> job);
+
   // Starts the changelog watcher and the write-back threads.
   void start();
   // Stops both threads after one last write-back: nothing seen is lost.
@@ -137,6 +144,7 @@ class Service {
   std::mutex stopMu_;
   std::condition_variable stopCv_;
   bool stopping_ = false;
+  std::deque<std::function<void()>> jobs_;  // guarded by stopMu_
   std::thread watcher_;
   std::thread writer_;
   uint64_t lastSeenTxn_ = 0;  // watcher thread only

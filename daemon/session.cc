@@ -28,8 +28,16 @@ constexpr size_t kOutputBatch = 64 * 1024;
 
 class ProtocolSession final : public Session {
  public:
-  ProtocolSession(SessionFactoryImpl& f, Service::Worker& w, const PeerCred& peer)
-      : f_(f), w_(w), peer_(peer) {}
+  ProtocolSession(SessionFactoryImpl& f, Service::Worker& w, const PeerCred& peer, Resume resume)
+      : f_(f), w_(w), peer_(peer), resume_(std::move(resume)) {}
+
+  After onResume(Output& out) override {
+    if (!write_) return After::Continue;
+    out.bytes += write_->answer;
+    const bool keepAlive = write_->keepAlive;
+    write_.reset();
+    return keepAlive ? After::Continue : After::Close;
+  }
 
   After onInput(std::string_view in, size_t& consumed, Output& out) override {
     consumed = 0;
@@ -75,7 +83,7 @@ class ProtocolSession final : public Session {
           return After::Close;
       }
       consumed += used;
-      if (after == After::Close) return After::Close;
+      if (after != After::Continue) return after;
       if (used == 0) break;  // need more bytes
       // Answer a batch, then let the loop send it: it calls again only while unsent output is
       // under --max-pending-output. Without this one read of pipelined small requests with big
@@ -99,7 +107,10 @@ class ProtocolSession final : public Session {
     aheadCount_ = 0;
     aheadNext_ = 0;
     size_t at = 0;
-    while (aheadCount_ < kPrefetchAhead && at < in.size()) {
+    // At most kPrefetchAhead requests are looked at, whatever they are: counting only the
+    // verifications found made a stream of PINGs (or usage reports) parse the whole held-back
+    // input on every call, quadratic work that starved every other connection on the worker.
+    for (size_t seen = 0; seen < kPrefetchAhead && at < in.size(); ++seen) {
       std::string_view rest = in.substr(at);
       if (proto_ == Protocol::Binary) {
         FrameParse p = parseFrame(rest);
@@ -217,6 +228,10 @@ class ProtocolSession final : public Session {
       std::string body = f_.renderMetrics();
       appendStatusLine(out.bytes, 200);
       appendBody(out.bytes, req_.keepAlive, "text/plain; version=0.0.4; charset=utf-8", body);
+    } else if (path.starts_with("/api/v2/") && !get) {
+      // A write commits with an fsync: it runs on the writer thread, so that verifications on
+      // this worker go on meanwhile. This connection's later requests wait for its answer.
+      return postWrite(in.substr(0, used));
     } else if (path.starts_with("/api/v2/")) {
       f_.management().handle(w_, req_, scratch_, out.bytes);
     } else if (path == "/v1/verify" || path == "/healthz" || path == "/readyz" ||
@@ -325,6 +340,33 @@ class ProtocolSession final : public Session {
     return After::Continue;
   }
 
+  // A management write in flight: its request's bytes (the parse's views point into them) and,
+  // once the writer ran it, the answer. Shared with the job, which may outlive the Session.
+  struct Write {
+    std::string request;
+    std::string answer;
+    bool keepAlive = true;
+  };
+
+  After postWrite(std::string_view request) {
+    write_ = std::make_shared<Write>();
+    write_->request.assign(request);
+    write_->keepAlive = req_.keepAlive;
+    f_.service().post([write = write_, &f = f_, resume = resume_] {
+      HttpRequest req;
+      auto scratch = std::make_unique<DecodeBuffer>();
+      // The same bytes parsed whole a moment ago on the worker.
+      if (parseHttpRequest(write->request, req).status == ParseStatus::Complete) {
+        f.management().handle(f.writerWorker(), req, *scratch, write->answer);
+      } else {
+        appendJsonError(write->answer, 500, write->keepAlive, "Internal error.",
+                        "the request could not be parsed again");
+      }
+      resume();
+    });
+    return After::Wait;
+  }
+
   After badPayload(Output& out, uint64_t id, const Error& e) {
     w_.metrics().protocolErrors.fetch_add(1, std::memory_order_relaxed);
     encodeError(out.bytes, id, ErrorCode::BadPayload, e.message);
@@ -334,6 +376,8 @@ class ProtocolSession final : public Session {
   SessionFactoryImpl& f_;
   Service::Worker& w_;
   PeerCred peer_;
+  Resume resume_;
+  std::shared_ptr<Write> write_;  // the management write waited for, if any
   Protocol proto_ = Protocol::NeedMore;
   int64_t mark_ = 0;  // when the last request's answer was encoded (see count())
   std::array<std::string_view, kPrefetchAhead> ahead_{};  // this batch's tokens (planPrefetch)
@@ -358,6 +402,13 @@ SessionFactoryImpl::SessionFactoryImpl(Service& service, Management& management,
     }
     workers_.push_back(std::move(*w));
   }
+  // The writer thread's own: management writes run there (its metrics shard is the spare one).
+  if (auto w = service_.makeWorker(threads)) {
+    writerWorker_ = std::move(*w);
+  } else {
+    log::error("Failed to make the writer's worker: {}", w.error().message);
+    std::abort();
+  }
   // Clients trust what they read in the segment, and judge its expiries by the wall clock: hand
   // it out only when nobody can write it (the seal) and the daemon's clock is the wall clock (a
   // test build's TOKEND_CLOCK_OFFSET would make the two disagree). Else the socket answers all.
@@ -377,8 +428,8 @@ SessionFactoryImpl::SessionFactoryImpl(Service& service, Management& management,
   }
 }
 
-std::unique_ptr<Session> SessionFactoryImpl::open(int worker, const PeerCred& peer) {
-  return std::make_unique<ProtocolSession>(*this, *workers_.at(worker), peer);
+std::unique_ptr<Session> SessionFactoryImpl::open(int worker, const PeerCred& peer, Resume resume) {
+  return std::make_unique<ProtocolSession>(*this, *workers_.at(worker), peer, std::move(resume));
 }
 
 bool SessionFactoryImpl::shmAllowed(const PeerCred& peer) const {
@@ -505,7 +556,18 @@ std::string SessionFactoryImpl::renderMetrics() const {
             loopStats_->refused.load());
     counter("tokend_connections_timed_out_total", "Connections closed for stalling or idling.",
             loopStats_->timedOut.load());
+    counter("tokend_connections_refused_per_uid_total",
+            "Connections refused over --max-connections-per-uid or the reserved places.",
+            loopStats_->refusedPerUid.load());
+    counter("tokend_connections_shed_total",
+            "Connections closed because buffered output passed --max-buffered-output.",
+            loopStats_->shed.load());
+    counter("tokend_connections_slow_drain_total",
+            "Connections closed for taking their answers slower than --min-drain-bytes.",
+            loopStats_->slowDrain.load());
     gauge("tokend_connections_open", "Connections open now.", loopStats_->open.load());
+    gauge("tokend_buffered_output_bytes", "Answer bytes not yet sent, every connection.",
+          static_cast<uint64_t>(std::max<int64_t>(0, loopStats_->bufferedOutput.load())));
     counter("tokend_received_bytes_total", "Bytes received.", loopStats_->bytesIn.load());
     counter("tokend_sent_bytes_total", "Bytes sent.", loopStats_->bytesOut.load());
   }

@@ -23,7 +23,7 @@ struct SessionConfig {
 class SessionFactoryImpl final : public SessionFactory {
  public:
   SessionFactoryImpl(Service& service, Management& management, SessionConfig config, int threads);
-  std::unique_ptr<Session> open(int worker, const PeerCred& peer) override;
+  std::unique_ptr<Session> open(int worker, const PeerCred& peer, Resume resume) override;
   // Set once the server exists, for /metrics.
   void setLoopStats(const LoopStats* stats) { loopStats_ = stats; }
   // Set once before the server runs, for POST /v1/introspect (absent: 404).
@@ -32,6 +32,8 @@ class SessionFactoryImpl final : public SessionFactory {
 
   Service& service() { return service_; }
   Management& management() { return management_; }
+  // The Service worker of the writer thread, where management writes run (Service::post).
+  Service::Worker& writerWorker() { return *writerWorker_; }
   bool shmAllowed(const PeerCred& peer) const;
   const LoopStats* loopStats() const { return loopStats_; }
   std::string renderMetrics() const;
@@ -45,6 +47,7 @@ class SessionFactoryImpl final : public SessionFactory {
   Management& management_;
   SessionConfig config_;
   std::vector<std::unique_ptr<Service::Worker>> workers_;
+  std::unique_ptr<Service::Worker> writerWorker_;
   const LoopStats* loopStats_ = nullptr;
   Introspector* introspector_ = nullptr;
   UniqueFd shmFd_;

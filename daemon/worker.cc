@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace tokend::daemon {
@@ -14,38 +15,106 @@ void Worker::wake() const {
   [[maybe_unused]] ssize_t n = ::write(wakeFd_.get(), &one, sizeof(one));
 }
 
+void Resume::operator()() const {
+  if (!box_) return;
+  std::lock_guard lock(box_->mu);
+  if (box_->wakeFd < 0) return;
+  box_->pending.emplace_back(slot_, generation_);
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(box_->wakeFd, &one, sizeof(one));
+}
+
+Worker::~Worker() {
+  // A Resume called from another thread after this must not write to a closed descriptor.
+  std::lock_guard lock(resumeBox_->mu);
+  resumeBox_->wakeFd = -1;
+  resumeBox_->pending.clear();
+}
+
+bool Worker::reserved(uid_t uid) const {
+  for (uid_t u : config_.reservedUids)
+    if (u == uid) return true;
+  return false;
+}
+
 int64_t Worker::adopt(int fd, ListenerKind kind) {
   UniqueFd sock(fd);
-  if (stopping_) return -1;
-  // The limit is global across workers; the counter doubles as the gate so two workers cannot
-  // both take the last place.
-  if (stats_.open.fetch_add(1, std::memory_order_relaxed) >= config_.maxConnections) {
-    stats_.open.fetch_sub(1, std::memory_order_relaxed);
-    stats_.refused.fetch_add(1, std::memory_order_relaxed);
-    return -1;
-  }
-  // TCP has no peer credentials: nobody's uid, so that no uid check can match it by accident.
+  // TCP has no peer credentials: nobody's uid, so that no uid check can match it by accident
+  // (and every TCP peer shares that uid's per-uid cap).
   auto peer = kind == ListenerKind::Unix
                   ? readPeerCred(fd)
                   : Result<PeerCred>(PeerCred{0, static_cast<uid_t>(-1), static_cast<gid_t>(-1)});
-  if (peer) peer->listener = kind;
-  std::unique_ptr<Session> session;
-  if (peer) session = shared_.factory.open(index_, *peer);
-  if (!session) {
-    stats_.open.fetch_sub(1, std::memory_order_relaxed);
+  if (stopping_ || !peer) {
     stats_.refused.fetch_add(1, std::memory_order_relaxed);
     return -1;
   }
-  stats_.accepted.fetch_add(1, std::memory_order_relaxed);
+  peer->listener = kind;
+  peer->fd = fd;
+  return admit(std::move(sock), *peer, now_);
+}
+
+int64_t Worker::admit(UniqueFd sock, const PeerCred& peer, int64_t since) {
+  auto refuse = [&](bool perUid) {
+    stats_.refused.fetch_add(1, std::memory_order_relaxed);
+    if (perUid) stats_.refusedPerUid.fetch_add(1, std::memory_order_relaxed);
+    return int64_t{-1};
+  };
+  if (stopping_) return refuse(false);
+  // Every admission takes the lock, so the limits are exact across workers (retirements only
+  // lower the counts, without it for the global one).
+  {
+    std::lock_guard lock(shared_.uidMu);
+    const bool privileged = reserved(peer.uid);
+    auto it = shared_.perUid.find(peer.uid);
+    const size_t mine = it == shared_.perUid.end() ? 0 : it->second;
+    const size_t open = stats_.open.load(std::memory_order_relaxed);
+    // With no uid to keep places for, none are kept.
+    const size_t reserve = config_.reservedUids.empty()
+                               ? 0
+                               : std::min(config_.reservedConnections, config_.maxConnections - 1);
+    const size_t limit = privileged ? config_.maxConnections : config_.maxConnections - reserve;
+    const bool overUid =
+        !privileged && config_.maxConnectionsPerUid > 0 && mine >= config_.maxConnectionsPerUid;
+    if (overUid || open >= limit) {
+      // Perhaps only connections whose peers already closed hold the places: wait a little for
+      // this worker (or another) to reap them.
+      if (now_ - since < kAdmitWaitMs && waitingAdmit_.size() < kAdmitQueue) {
+        waitingAdmit_.push_back(Waiting{std::move(sock), peer, since});
+        return -1;
+      }
+      return refuse(overUid || open < config_.maxConnections);
+    }
+    ++shared_.perUid[peer.uid];
+    stats_.open.fetch_add(1, std::memory_order_relaxed);
+  }
   const uint32_t slot = table_.acquire();
-  table_.at(slot).open(std::move(sock), std::move(session), now_);
+  Connection& c = table_.at(slot);
+  std::unique_ptr<Session> session =
+      shared_.factory.open(index_, peer, Resume(resumeBox_, slot, c.generation() + 1));
+  if (!session) {
+    table_.release(slot);
+    forget(peer.uid);
+    return refuse(false);
+  }
+  stats_.accepted.fetch_add(1, std::memory_order_relaxed);
+  c.open(std::move(sock), std::move(session), peer.uid, now_);
   return slot;
 }
 
+void Worker::forget(uid_t uid) {
+  {
+    std::lock_guard lock(shared_.uidMu);
+    auto it = shared_.perUid.find(uid);
+    if (it != shared_.perUid.end() && --it->second == 0) shared_.perUid.erase(it);
+  }
+  stats_.open.fetch_sub(1, std::memory_order_relaxed);
+}
+
 void Worker::retire(uint32_t slot) {
+  const uid_t uid = table_.at(slot).uid();
   table_.release(slot);
   stats_.closed.fetch_add(1, std::memory_order_relaxed);
-  stats_.open.fetch_sub(1, std::memory_order_relaxed);
+  forget(uid);
 }
 
 Result<std::unique_ptr<Server>> WorkerServer::launch(std::unique_ptr<LoopShared> shared,

@@ -61,7 +61,7 @@ class EchoSession final : public Session {
 };
 
 struct EchoFactory final : SessionFactory {
-  std::unique_ptr<Session> open(int, const PeerCred& peer) override {
+  std::unique_ptr<Session> open(int, const PeerCred& peer, tokend::daemon::Resume) override {
     return std::make_unique<EchoSession>(*this, peer);
   }
   int passFd = -1;
@@ -341,6 +341,30 @@ TEST_SUITE("Loop") {
       UniqueFd c4 = f.connect();
       roundtrip(c4.get(), "four");
       CHECK(f.server().stats().accepted == 3);
+    });
+  }
+
+  TEST_CASE("a client connecting right after others closed is served, not refused") {
+    forEachBackend([](Backend b) {
+      LoopFixture f;
+      LoopConfig config;
+      config.maxConnections = 4;
+      if (!f.start(b, config)) return;
+      // The places are taken by connections whose peers have just closed: the worker may see
+      // the newcomer before it reaps them, and must not count them against it.
+      int refused = 0;
+      for (int round = 0; round < 50; ++round) {
+        std::vector<UniqueFd> full;
+        for (int i = 0; i < 4; ++i) {
+          full.push_back(f.connect());
+          roundtrip(full.back().get(), "fill");
+        }
+        full.clear();
+        UniqueFd next = f.connect();
+        writeAll(next.get(), "next\n");
+        if (readN(next.get(), echo("next").size()) != echo("next")) ++refused;
+      }
+      CHECK(refused == 0);
     });
   }
 

@@ -3,10 +3,12 @@
 // that never reads) while well-behaved clients keep being answered correctly and promptly, and
 // the daemon's memory stays bounded (VmRSS before and after, from /proc/<pid>/status).
 #include <doctest/doctest.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -30,36 +32,47 @@ constexpr int kStallMs = 800;
 
 // Well-behaved clients: each holds one connection (opened before any attack, so within the
 // limit) and verifies a valid and a revoked token every few milliseconds, checking each answer.
+// `late`: no whole answer within 5 s (the stream is then out of step, so that client stops);
+// `wrong`: a whole answer that is not the expected one. A request's time leaves out the time the
+// machine kept the client's own thread from running (Starvation: its run-queue wait, and host
+// steal): the test's threads compete with the attack and the rest of the machine, and that is
+// not tokend's delay. tokend's own threads get no such allowance.
 struct GoodClients {
   std::atomic<bool> stop{false};
-  std::atomic<int> wrong{0}, answered{0}, lost{0};
-  std::atomic<long> worstMs{0};
+  std::atomic<int> wrong{0}, late{0}, answered{0}, lost{0};
+  std::atomic<long> worstMs{0}, worstRawMs{0};
   std::vector<std::thread> threads;
 
   GoodClients(const std::string& socket, const std::string& valid, const std::string& revoked) {
     for (int i = 0; i < 3; ++i) {
       UniqueFd fd = connectUnix(socket);
       REQUIRE(fd);
-      threads.emplace_back([this, valid, revoked, fd = std::move(fd)] {
+      threads.emplace_back([this, i, valid, revoked, fd = std::move(fd)] {
+        const std::string name = "good-client-" + std::to_string(i);
+        pthread_setname_np(pthread_self(), name.c_str());
+        const std::string request = "VERIFY " + valid + "\nVERIFY " + revoked + "\n";
         while (!stop.load()) {
+          Starvation starved(::getpid(), name);
           auto t0 = Clock::now();
-          if (!sendAll(fd.get(), "VERIFY " + valid + "\nVERIFY " + revoked + "\n")) {
+          if (!sendAll(fd.get(), request)) {
             ++lost;
             return;
           }
           std::string a = readLines(fd.get(), 2, 5000);
-          long ms =
-              std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+          const auto raw = Clock::now() - t0;
+          const long rawMs = std::chrono::duration_cast<std::chrono::milliseconds>(raw).count();
+          const long ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              raw - std::min<Clock::duration>(raw, starved.sinceStart()))
+                              .count();
           if (ms > worstMs.load()) worstMs = ms;
-          size_t nl = a.find('\n');
-          if (nl == std::string::npos || a.rfind("OK ", 0) != 0 ||
-              a.substr(nl + 1) != "DENY expired 401\n") {
-            ++wrong;
-            if (a.empty()) {
-              ++lost;
-              return;
-            }
+          if (rawMs > worstRawMs.load()) worstRawMs = rawMs;
+          if (std::count(a.begin(), a.end(), '\n') < 2) {
+            ++late;
+            ++lost;
+            return;
           }
+          const size_t nl = a.find('\n');
+          if (a.rfind("OK ", 0) != 0 || a.substr(nl + 1) != "DENY expired 401\n") ++wrong;
           ++answered;
           std::this_thread::sleep_for(std::chrono::milliseconds(3));
         }
@@ -222,6 +235,25 @@ TEST_SUITE("Hostile") {
       CHECK(open > 0);
     }
 
+    // Every place taken by peers that sent random bytes and closed at once: a correct client
+    // connecting right after them is answered, not refused for places the worker has not yet
+    // reaped.
+    {
+      int refused = 0;
+      for (int round = 0; round < 20; ++round) {
+        std::vector<UniqueFd> noise;
+        for (int i = 0; i < kMaxConnections - 3; ++i) {
+          noise.push_back(connectUnix(d.socket()));
+          if (noise.back()) sendAll(noise.back().get(), "VERIFY " + randomBytes(rng, 256));
+        }
+        noise.clear();
+        UniqueFd fd = connectUnix(d.socket());
+        if (!fd || !sendAll(fd.get(), "PING\n") || readLines(fd.get(), 1, 2000) != "PONG\n")
+          ++refused;
+      }
+      CHECK(refused == 0);
+    }
+
     // More rounds of everything: memory must not grow with them.
     for (int round = 0; round < 3; ++round) attack(d.socket(), rng);
     std::this_thread::sleep_for(std::chrono::milliseconds(kStallMs * 2));
@@ -229,10 +261,16 @@ TEST_SUITE("Hostile") {
     const long peak = statusKiB(d.pid(), "VmHWM");
     good.halt();
 
-    INFO("good answers ", good.answered.load(), ", wrong ", good.wrong.load(), ", worst ",
-         good.worstMs.load(), " ms; RSS ", rssStart, " -> ", rss0, " -> ", rss1, " KiB, peak ",
-         peak, " KiB");
+    INFO("good answers ", good.answered.load(), ", wrong ", good.wrong.load(), ", late ",
+         good.late.load(), ", worst ", good.worstMs.load(), " ms (", good.worstRawMs.load(),
+         " ms with the client's own starvation); RSS ", rssStart, " -> ", rss0, " -> ", rss1,
+         " KiB, peak ", peak, " KiB");
+    MESSAGE("good answers ", good.answered.load(), ", wrong ", good.wrong.load(), ", late ",
+         good.late.load(), ", worst ", good.worstMs.load(), " ms (", good.worstRawMs.load(),
+         " ms with the client's own starvation); RSS ", rssStart, " -> ", rss0, " -> ", rss1,
+         " KiB, peak ", peak, " KiB");
     CHECK(good.wrong == 0);
+    CHECK(good.late == 0);
     CHECK(good.lost == 0);
     CHECK(good.answered > 100);
     CHECK(good.worstMs < 2000);
@@ -242,7 +280,7 @@ TEST_SUITE("Hostile") {
     // may add a little (allocator fragmentation), not a per-request amount.
     CHECK(rss1 - rss0 < (sanitizer ? 256 * 1024 : 16 * 1024));
     // And at its worst moment, no attack held more than a few connections' worth of buffers
-    // (--max-pending-output and --max-pending-input, 1 MiB and 80 KiB each by default).
+    // (--max-pending-output and --max-pending-input, 256 KiB and 80 KiB each by default).
     CHECK(peak - rssStart < (sanitizer ? 512 * 1024 : 96 * 1024));
     // Still serving, and it shuts down cleanly.
     CHECK(d.text("PING") == "PONG");
