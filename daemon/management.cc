@@ -413,9 +413,14 @@ class Call {
     if (auto denied = require("api_key:read", &user.id)) return *denied;
     const LifetimeConfig& c = manager_.config();
     int64_t cap = hasOwnerRole(user.roles) ? c.maxAdminTokenLifetime : c.maxTokenLifetime;
-    // Coder reports durations in nanoseconds.
-    return Reply{200, Json{{"max_token_lifetime", cap * 1000000000LL},
-                           {"default_token_lifetime", c.defaultTokenLifetime * 1000000000LL}}};
+    // Coder reports durations in nanoseconds (a Go time.Duration): a setting beyond what one
+    // holds (about 292 years) is reported as the longest one.
+    auto ns = [](int64_t seconds) {
+      constexpr int64_t kNs = 1000000000;
+      return seconds > INT64_MAX / kNs ? INT64_MAX : seconds * kNs;
+    };
+    return Reply{200, Json{{"max_token_lifetime", ns(cap)},
+                           {"default_token_lifetime", ns(c.defaultTokenLifetime)}}};
   }
 
   Reply viewToken(const UserRecord& user, std::string_view ref, bool byId) {

@@ -26,7 +26,7 @@ constexpr long long kHourNs = 3600 * kNs;  // the web UI's NANO_HOUR
 struct World {
   Daemon d;
   std::string mia;  // a member's coder:all token
-  World() {
+  explicit World(std::vector<std::string> args = {}) : d(std::move(args)) {
     d.ctlOk({"users", "create", "mia"});
     mia = d.ctlOk({"tokens", "create", "--user", "mia", "--name", "mine"});
   }
@@ -215,6 +215,16 @@ TEST_SUITE("CoderApi") {
     HttpReply ownerConfig = httpRequest(
         w.d.socket(), "GET", "/api/v2/users/me/keys/tokens/tokenconfig", w.d.adminToken());
     CHECK(parsed(ownerConfig)["max_token_lifetime"] == 168 * kHourNs);
+  }
+
+  TEST_CASE("a cap longer than a Go duration holds is reported as the longest one") {
+    World w({"--max-token-lifetime", "3000000h"});  // 342 years; int64 nanoseconds hold 292
+    HttpReply config = w.get("/keys/tokens/tokenconfig");
+    REQUIRE(config.status == 200);
+    CHECK(parsed(config)["max_token_lifetime"] == INT64_MAX);
+    HttpReply longest = w.create(Json{{"lifetime", INT64_MAX}, {"token_name", "long"}}.dump());
+    REQUIRE(longest.status == 201);
+    CHECK(parsed(longest)["lifetime_seconds"] == INT64_MAX / kNs + 1);
   }
 
   TEST_CASE("allow_list: objects and strings read, objects written, bad entries 400") {
