@@ -27,8 +27,27 @@ struct Reply {
   bool secret = false;  // body["key"] is a new token: wiped once the answer is encoded
 };
 
-Reply error(int status, std::string message, std::string detail = {}) {
-  return Reply{status, Json{{"message", std::move(message)}, {"detail", std::move(detail)}}};
+// codersdk.Response: `detail` and `validations` only when they say something.
+Reply error(int status, std::string message, std::string detail = {},
+            Json validations = Json::array()) {
+  Json body = Json::object();
+  body["message"] = std::move(message);
+  if (!detail.empty()) body["detail"] = std::move(detail);
+  if (!validations.empty()) body["validations"] = std::move(validations);
+  return Reply{status, std::move(body)};
+}
+
+// Coder's answer to a value that must be unique: 409 with a codersdk.ValidationError on `field`.
+Reply conflict(std::string message, const char* field) {
+  Json v = Json::object();
+  v["field"] = field;
+  v["detail"] = "This value is already in use and should be unique.";
+  return error(409, std::move(message), {}, Json::array({std::move(v)}));
+}
+
+// Expire and delete answer 204, no body (codersdk's ExpireAPIKey and DeleteAPIKey).
+Reply noContent() {
+  return Reply{204, Json()};
 }
 
 int statusOf(const Error& e) {
@@ -116,6 +135,72 @@ std::vector<std::string> stringList(const Json& j, const char* field, std::strin
   return out;
 }
 
+// One codersdk.APIAllowListTarget as Coder reads it: the object {"type": T, "id": I} or the
+// string "T:I". The object's parts must not smuggle in more entries (':' or ',').
+std::optional<std::string> allowEntry(const Json& v, std::string& problem) {
+  if (v.is_string()) return v.get<std::string>();
+  if (!v.is_object()) {
+    problem = "invalid allow_list entry: expected object with type/id or string";
+    return std::nullopt;
+  }
+  std::string parts[2];
+  const char* names[2] = {"type", "id"};
+  for (int i = 0; i < 2; ++i) {
+    auto it = v.find(names[i]);
+    if (it == v.end() || it->is_null()) continue;
+    if (!it->is_string()) {
+      problem = fmt::format("allow_list entry's \"{}\" must be a string", names[i]);
+      return std::nullopt;
+    }
+    parts[i] = it->get<std::string>();
+  }
+  if (parts[0].empty() || parts[1].empty()) {
+    problem = "allow_list entry must include both type and id";
+    return std::nullopt;
+  }
+  for (const std::string& part : parts) {
+    if (part.find_first_of(":,") != std::string::npos) {
+      problem = fmt::format("invalid allow_list entry {{\"type\": \"{}\", \"id\": \"{}\"}}",
+                            parts[0], parts[1]);
+      return std::nullopt;
+    }
+  }
+  return parts[0] + ":" + parts[1];
+}
+
+std::vector<std::string> allowList(const Json& j, std::string& problem) {
+  std::vector<std::string> out;
+  auto it = j.find("allow_list");
+  if (it == j.end() || it->is_null()) return out;
+  if (!it->is_array()) {
+    problem = "\"allow_list\" must be an array";
+    return out;
+  }
+  for (const auto& v : *it) {
+    auto entry = allowEntry(v, problem);
+    if (!entry) return out;
+    out.push_back(std::move(*entry));
+  }
+  return out;
+}
+
+// A Go time.Duration (integer nanoseconds) as whole seconds, rounded up: 1 ns makes a 1 s token
+// rather than a refused one, and a value within a cap of whole seconds stays within it. 0 or
+// absent is the default (nullopt); a negative value stays negative, for the lifetime check.
+std::optional<int64_t> lifetimeSeconds(const Json& j, std::string& problem) {
+  auto it = j.find("lifetime");
+  if (it == j.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number_integer() || (it->is_number_unsigned() && it->get<uint64_t>() > INT64_MAX)) {
+    problem = "\"lifetime\" must be a Go duration: integer nanoseconds (3600000000000 is one hour)";
+    return std::nullopt;
+  }
+  int64_t ns = it->get<int64_t>();
+  if (ns == 0) return std::nullopt;
+  if (ns < 0) return -1;
+  constexpr int64_t kNs = 1000000000;
+  return ns / kNs + (ns % kNs != 0 ? 1 : 0);
+}
+
 // The string field `field` of a JSON object, `fallback` when absent or null. json::value() would
 // throw on a field of another type; a client's body must never reach an exception.
 std::optional<std::string> stringField(const Json& j, const char* field, std::string fallback,
@@ -135,6 +220,10 @@ class Call {
       : service_(s), manager_(m), worker_(w), req_(r), scratch_(scratch) {}
 
   Reply run() {
+    // The public scope catalog needs no token (coderd's handler has no @Security line).
+    if (req_.method == "GET" && req_.path == "/api/v2/auth/scopes") {
+      return Reply{200, Json{{"external", publicScopes()}}};
+    }
     auto token = extractToken(req_, scratch_);
     if (!token) return error(400, "Bad request.", token.error().message);
     token_ = *token;
@@ -234,41 +323,51 @@ class Call {
     return error(404, "Not found.", safePath(req_.path));
   }
 
+  // codersdk.CreateTokenRequest, as Coder's Go client sends it: `lifetime` in nanoseconds (0:
+  // the default), `token_name` "" for a random name, `allow_list` objects or strings, `scope`
+  // (deprecated) beside `scopes`. Statuses and messages are coderd's.
   Reply createToken(const UserRecord& user) {
     if (auto denied = require("api_key:create", &user.id)) return *denied;
     auto b = body();
-    if (!b) return error(400, "Bad request.", b.error().message);
+    if (!b) return error(400, "Request body must be valid JSON.", b.error().message);
     std::string problem;
     CreateTokenRequest r;
     r.user = user.id;
     r.publicOnly = true;
     r.creator = callerTokenId_;
     r.scopes = stringList(*b, "scopes", problem);
-    if (b->contains("scope") && (*b)["scope"].is_string()) r.scopes.push_back((*b)["scope"]);
-    r.allowList = stringList(*b, "allow_list", problem);
-    if (!problem.empty()) return error(400, "Bad request.", problem);
-    if (b->contains("token_name")) {
-      if (!(*b)["token_name"].is_string())
-        return error(400, "Bad request.", "\"token_name\" must be a string");
-      r.name = (*b)["token_name"].get<std::string>();
+    if (problem.empty()) r.allowList = allowList(*b, problem);
+    if (problem.empty()) {
+      if (auto scope = stringField(*b, "scope", {}, problem); scope && !scope->empty())
+        r.scopes.push_back(*scope);
     }
-    if (b->contains("lifetime")) {
-      if (!(*b)["lifetime"].is_number_integer())
-        return error(400, "Bad request.", "\"lifetime\" must be whole seconds");
-      r.lifetime = (*b)["lifetime"].get<int64_t>();
+    if (problem.empty()) {
+      auto name = stringField(*b, "token_name", {}, problem);
+      if (name && !name->empty()) r.name = *name;
+    }
+    if (problem.empty()) r.lifetime = lifetimeSeconds(*b, problem);
+    if (!problem.empty()) return error(400, "Request body must be valid JSON.", problem);
+    if (auto valid = apiTokenLifetime(r.lifetime, hasOwnerRole(user.roles), manager_.config());
+        !valid) {
+      return error(400, "Failed to validate create API key request.", valid.error().message);
     }
     auto created = manager_.createToken(r, clockNow());
-    if (!created) return fromError(created.error());
+    if (!created) {
+      const Error& e = created.error();
+      if (e.code == -EEXIST) return conflict(e.message, "name");
+      if (e.code == -EINVAL) return error(400, "Failed to create API key.", e.message);
+      return fromError(e);
+    }
     return createdReply(*created, user);
   }
 
   Reply createSession(const UserRecord& user) {
     if (auto denied = require("api_key:create", &user.id)) return *denied;
     auto b = body();
-    if (!b) return error(400, "Bad request.", b.error().message);
+    if (!b) return error(400, "Request body must be valid JSON.", b.error().message);
     std::string problem;
     auto field = stringField(*b, "login_type", "password", problem);
-    if (!field) return error(400, "Bad request.", problem);
+    if (!field) return error(400, "Request body must be valid JSON.", problem);
     const std::string& kind = *field;
     auto lt = parseLoginType(kind);
     if (!lt || *lt == LoginType::Token) {
@@ -314,9 +413,14 @@ class Call {
     if (auto denied = require("api_key:read", &user.id)) return *denied;
     const LifetimeConfig& c = manager_.config();
     int64_t cap = hasOwnerRole(user.roles) ? c.maxAdminTokenLifetime : c.maxTokenLifetime;
-    // Coder reports durations in nanoseconds.
-    return Reply{200, Json{{"max_token_lifetime", cap * 1000000000LL},
-                           {"default_token_lifetime", c.defaultTokenLifetime * 1000000000LL}}};
+    // Coder reports durations in nanoseconds (a Go time.Duration): a setting beyond what one
+    // holds (about 292 years) is reported as the longest one.
+    auto ns = [](int64_t seconds) {
+      constexpr int64_t kNs = 1000000000;
+      return seconds > INT64_MAX / kNs ? INT64_MAX : seconds * kNs;
+    };
+    return Reply{200, Json{{"max_token_lifetime", ns(cap)},
+                           {"default_token_lifetime", ns(c.defaultTokenLifetime)}}};
   }
 
   Reply viewToken(const UserRecord& user, std::string_view ref, bool byId) {
@@ -335,7 +439,7 @@ class Call {
     auto t = manager_.expireToken(id, user.id, clockNow());
     if (!t) return fromError(t.error());
     revoked(*t);
-    return Reply{200, tokenJson(*t, user.username)};
+    return noContent();
   }
 
   Reply deleteToken(const UserRecord& user, std::string_view id) {
@@ -345,7 +449,7 @@ class Call {
     auto t = manager_.deleteToken(id, user.id);
     if (!t) return fromError(t.error());
     revoked(*t);
-    return Reply{200, tokenJson(*t, user.username)};
+    return noContent();
   }
 
   Reply listUsers() {
@@ -367,16 +471,17 @@ class Call {
   Reply createUser() {
     if (auto denied = require("user:create")) return *denied;
     auto b = body();
-    if (!b) return error(400, "Bad request.", b.error().message);
+    if (!b) return error(400, "Request body must be valid JSON.", b.error().message);
     std::string problem;
     auto roles = stringList(*b, "roles", problem);
-    if (!problem.empty()) return error(400, "Bad request.", problem);
+    if (!problem.empty()) return error(400, "Request body must be valid JSON.", problem);
     if (!hasOwnerRole(caller_.roles) && hasOwnerRole(splitList(roles))) {
       return error(403, "Only owners may grant the owner role.");
     }
     auto username = stringField(*b, "username", std::string(), problem);
-    if (!username) return error(400, "Bad request.", problem);
+    if (!username) return error(400, "Request body must be valid JSON.", problem);
     auto u = manager_.createUser(*username, roles, clockNow());
+    if (!u && u.error().code == -EEXIST) return conflict(u.error().message, "username");
     if (!u) return fromError(u.error());
     return Reply{201, userJson(*u)};
   }
@@ -397,10 +502,10 @@ class Call {
   Reply setRoles(const UserRecord& user) {
     if (auto denied = require("user:update")) return *denied;
     auto b = body();
-    if (!b) return error(400, "Bad request.", b.error().message);
+    if (!b) return error(400, "Request body must be valid JSON.", b.error().message);
     std::string problem;
     auto roles = stringList(*b, "roles", problem);
-    if (!problem.empty()) return error(400, "Bad request.", problem);
+    if (!problem.empty()) return error(400, "Request body must be valid JSON.", problem);
     if (auto refused = checkUserChange(caller_, user, UserChange::SetRoles, roles); !refused)
       return fromError(refused.error());
     auto u = manager_.setRoles(user.id.toString(), roles, clockNow());
@@ -442,7 +547,7 @@ void Management::handle(Service::Worker& worker, const HttpRequest& request, Dec
   try {
     Reply r = Call(service_, manager_, worker, request, scratch).run();
     status = r.status;
-    body = r.body.dump(-1, ' ', false, Json::error_handler_t::replace);
+    if (!r.body.is_null()) body = r.body.dump(-1, ' ', false, Json::error_handler_t::replace);
     if (r.secret) {
       std::string& key = r.body["key"].get_ref<std::string&>();
       OPENSSL_cleanse(key.data(), key.size());
@@ -454,7 +559,13 @@ void Management::handle(Service::Worker& worker, const HttpRequest& request, Dec
     status = 500;
     body = Json{{"message", "Internal error."}, {"detail", "unexpected exception"}}.dump();
   }
-  appendJsonResponse(out, status, request.keepAlive, body);
+  if (status == 204) {
+    // No body and, as RFC 9110 asks of a 204, no Content-Length.
+    appendStatusLine(out, status);
+    out.append(request.keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
+  } else {
+    appendJsonResponse(out, status, request.keepAlive, body);
+  }
   // A new token's key: the connection's output buffer holds it until sent, this copy need not.
   if (secret) OPENSSL_cleanse(body.data(), body.size());
 }

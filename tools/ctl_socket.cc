@@ -9,6 +9,7 @@
 
 #include "base/unique_fd.h"
 #include "tools/ctl_backend.h"
+#include "verifier/scopes.h"
 
 namespace tokend::tools {
 namespace {
@@ -82,10 +83,29 @@ class SocketBackend final : public Backend {
   }
   Result<Json> deleteUser(const std::string& ref) override { return call("DELETE", userPath(ref)); }
 
+  // The body codersdk.CreateTokenRequest makes: `lifetime` in nanoseconds (a Go duration; 0 is
+  // the default), allow list entries as {"type", "id"} objects, `token_name` "" for a random one.
   Result<Json> createToken(const TokenCreateArgs& a) override {
-    Json body = {{"scopes", a.scopes}, {"allow_list", a.allowList}};
-    if (a.name) body["token_name"] = *a.name;
-    if (a.lifetime) body["lifetime"] = *a.lifetime;
+    constexpr int64_t kNs = 1000000000;
+    Json body = {{"lifetime", 0}, {"token_name", a.name.value_or("")}};
+    if (a.lifetime) {
+      if (*a.lifetime > INT64_MAX / kNs)
+        return makeError("lifetime is longer than a Go duration can hold (about 292 years)");
+      body["lifetime"] = *a.lifetime > 0 ? *a.lifetime * kNs : int64_t{-1};
+    }
+    if (!a.scopes.empty()) body["scopes"] = verifier::splitList(a.scopes);
+    if (!a.allowList.empty()) {
+      Json allow = Json::array();
+      for (const std::string& e : verifier::splitList(a.allowList)) {
+        size_t colon = e.find(':');
+        if (colon == std::string::npos) {
+          allow.push_back(e);  // the daemon names what is wrong with it
+        } else {
+          allow.push_back({{"type", e.substr(0, colon)}, {"id", e.substr(colon + 1)}});
+        }
+      }
+      body["allow_list"] = allow;
+    }
     return call("POST", userPath(a.user.value_or("me")) + "/keys/tokens", body);
   }
   Result<Json> listTokens(const std::optional<std::string>& user, bool all,
@@ -162,11 +182,16 @@ class SocketBackend final : public Backend {
     Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (status >= 200 && status < 300) return j.is_discarded() ? Json::object() : j;
     std::string message = fmt::format("the daemon refused ({})", status);
-    if (j.is_object() && j.contains("message")) {
+    if (j.is_object() && j.contains("message") && j["message"].is_string()) {
       message = j["message"].get<std::string>();
-      if (j.contains("detail") && j["detail"].is_string() &&
-          !j["detail"].get<std::string>().empty()) {
-        message += ": " + j["detail"].get<std::string>();
+      std::string detail;
+      if (j.contains("detail") && j["detail"].is_string()) detail = j["detail"].get<std::string>();
+      // A 400's message is coderd's summary ("Failed to create API key."); its detail says why,
+      // as operator mode would.
+      if (status == 400 && !detail.empty()) {
+        message = detail;
+      } else if (!detail.empty()) {
+        message += ": " + detail;
       }
     }
     return makeError(message, status == 404 ? -ENOENT : -EPERM);

@@ -78,7 +78,12 @@ void printTable(const std::vector<std::string>& header,
 
 std::string joined(const Json& list) {
   std::string s;
-  for (const auto& v : list) s += (s.empty() ? "" : ",") + v.get<std::string>();
+  for (const auto& v : list) {
+    // Allow list entries are Coder's {"type", "id"} objects; shown as "type:id".
+    std::string e =
+        v.is_object() ? v.value("type", "") + ":" + v.value("id", "") : v.get<std::string>();
+    s += (s.empty() ? "" : ",") + e;
+  }
   return s;
 }
 

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <ctime>
 
 namespace tokend::verifier {
@@ -26,13 +27,30 @@ nlohmann::json userJson(const UserRecord& u) {
           {"updated_at", formatTime(u.updatedAt)}};
 }
 
+nlohmann::json allowTargetJson(std::string_view entry) {
+  size_t colon = entry.find(':');
+  std::string_view type = entry.substr(0, colon);
+  std::string_view id = colon == std::string_view::npos ? "*" : entry.substr(colon + 1);
+  return {{"type", std::string(type)}, {"id", std::string(id)}};
+}
+
 nlohmann::json tokenJson(const TokenRecord& t, const std::string& username) {
+  nlohmann::json allow = nlohmann::json::array();
+  for (const std::string& e : t.allowList) allow.push_back(allowTargetJson(e));
+  // Coder's legacy scope, derived as coderd's convertAPIKey does.
+  auto has = [&](const char* s) {
+    return std::find(t.scopes.begin(), t.scopes.end(), s) != t.scopes.end();
+  };
+  const char* legacy = has("coder:application_connect") ? "application_connect"
+                       : has("coder:all")               ? "all"
+                                                        : "";
   nlohmann::json j = {{"id", t.id},
                       {"user_id", t.userId.toString()},
                       {"token_name", t.name},
                       {"login_type", loginTypeName(t.loginType)},
+                      {"scope", legacy},
                       {"scopes", t.scopes},
-                      {"allow_list", t.allowList},
+                      {"allow_list", allow},
                       {"created_at", formatTime(t.createdAt)},
                       {"updated_at", formatTime(t.updatedAt)},
                       {"expires_at", formatTime(t.expiresAt)},

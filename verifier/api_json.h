@@ -14,7 +14,11 @@ namespace tokend::verifier {
 std::string formatTime(int64_t unixSeconds);
 
 nlohmann::json userJson(const UserRecord& u);
-// `username` is added as "username" when not empty (lists of every user's tokens show it).
+// codersdk.APIKey: allow_list entries as Coder writes them, {"type": "workspace", "id": "<uuid>"}
+// ("*" for wildcards); `scope` is Coder's deprecated single scope ("all", "application_connect"
+// or ""). `username` is added as "username" when not empty (codersdk.APIKeyWithOwner).
 nlohmann::json tokenJson(const TokenRecord& t, const std::string& username = {});
+// One allow list entry "type:id" as Coder's object {"type", "id"}.
+nlohmann::json allowTargetJson(std::string_view entry);
 
 }  // namespace tokend::verifier

@@ -121,7 +121,7 @@ TEST_SUITE("Tokenctl") {
     CHECK(j["token_name"] == "deploy");
     CHECK(j["login_type"] == "token");
     CHECK(j["scopes"] == nlohmann::json({"template:*", "workspace:read"}));
-    CHECK(j["allow_list"] == nlohmann::json({ws(kA)}));
+    CHECK(j["allow_list"] == nlohmann::json::array({{{"type", "workspace"}, {"id", kA}}}));
     CHECK(j["lifetime_seconds"] == 30 * 86400);
     CHECK(j["last_used"] == "1970-01-01T00:00:00Z");
     // The secret is shown once: nothing that lists or views tokens shows it again.

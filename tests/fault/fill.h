@@ -22,8 +22,9 @@ inline std::string bigToken(int n) {
     std::snprintf(id, sizeof id, "%08x-0000-4000-8000-%012x", n, i);
     allow.push_back(std::string("workspace:") + id);
   }
-  return nlohmann::json{
-      {"token_name", "fill-" + std::to_string(n)}, {"allow_list", allow}, {"lifetime", 3600}}
+  return nlohmann::json{{"token_name", "fill-" + std::to_string(n)},
+                        {"allow_list", allow},
+                        {"lifetime", 3600LL * 1000000000LL}}
       .dump();
 }
 

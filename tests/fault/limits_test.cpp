@@ -261,7 +261,7 @@ TEST_SUITE("Limits") {
       UniqueFd fd = connectUnix(d.socket());
       REQUIRE(fd);
       auto post = [&](const std::string& name) {
-        const std::string body = "{\"token_name\":\"" + name + "\",\"lifetime\":3600}";
+        const std::string body = "{\"token_name\":\"" + name + "\",\"lifetime\":3600000000000}";
         return "POST /api/v2/users/me/keys/tokens HTTP/1.1\r\nCoder-Session-Token: " + owner +
                "\r\nContent-Type: application/json\r\nContent-Length: " +
                std::to_string(body.size()) + "\r\n\r\n" + body;
@@ -288,7 +288,7 @@ TEST_SUITE("Limits") {
     std::string burst;
     for (int i = 0; i < 300; ++i) {
       const std::string body =
-          "{\"token_name\":\"burst-" + std::to_string(i) + "\",\"lifetime\":3600}";
+          "{\"token_name\":\"burst-" + std::to_string(i) + "\",\"lifetime\":3600000000000}";
       burst +=
           "POST /api/v2/users/me/keys/tokens HTTP/1.1\r\nCoder-Session-Token: " + owner +
           "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +

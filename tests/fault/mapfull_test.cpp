@@ -56,7 +56,7 @@ TEST_SUITE("MapFull") {
     for (size_t i = 0; i < ids.size() && deleted < 20; ++i) {
       HttpReply r = httpRequest(d.socket(), "DELETE", "/api/v2/users/me/keys/" + ids[i], admin);
       INFO("delete answered ", r.status, " ", r.body);
-      REQUIRE(r.status == 200);
+      REQUIRE(r.status == 204);
       ++deleted;
     }
     HttpReply again = httpRequest(d.socket(), "POST", base, admin, bigToken(10000));

@@ -133,7 +133,7 @@ void churn(const Daemon& d, const std::string& owner, int seed) {
     HttpReply r =
         del ? httpRequest(d.socket(), "DELETE", "/api/v2/users/me/keys/" + id, owner)
             : httpRequest(d.socket(), "PUT", "/api/v2/users/me/keys/" + id + "/expire", owner);
-    if (r.status != 200) continue;
+    if (r.status != 204) continue;
     std::this_thread::sleep_for(std::chrono::milliseconds(15));
     a = d.text("VERIFY " + key);
     if (a == "(no connection)" || a.empty()) continue;

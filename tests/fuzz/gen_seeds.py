@@ -95,7 +95,10 @@ write("decide", "query_text", bytes([0]) + bytes(368) + b"\x01" + bytes(32) + by
       + b"3f2504e0-4f89-41d3-9a0c-0305e82c3301\n3f2504e0-4f89-41d3-9a0c-0305e82c3301")
 # management: caller byte (0 owner, 1 member, 2 narrow, 3 bogus), "METHOD path", '\n', body.
 for n, (caller, line, body) in {
-        "create_token": (1, "POST users/me/keys/tokens", '{"token_name":"x","scopes":["workspace:read"],"lifetime":3600}'),
+        # codersdk.CreateTokenRequest as Coder's Go client marshals it: lifetime in nanoseconds.
+        "create_token": (1, "POST users/me/keys/tokens", '{"lifetime":3600000000000,"scopes":["workspace:read"],"token_name":"x"}'),
+        "create_allow_objects": (1, "POST users/me/keys/tokens", '{"lifetime":0,"token_name":"","allow_list":[{"type":"workspace","id":"3f2504e0-4f89-41d3-9a0c-0305e82c3301"},{"type":"*","id":"*"},"template:*"]}'),
+        "delete": (1, "DELETE users/me/keys/AAAAAAAAAA", ""),
         "create_for_other": (0, "POST users/mia/keys/tokens", '{"allow_list":["workspace:*"]}'),
         "session": (1, "POST users/me/keys", '{"login_type":"github"}'),
         "list": (0, "GET users/me/keys/tokens?include_all=true&include_expired=1", ""),
