@@ -21,9 +21,10 @@ struct Config {
   size_t maxDbSize = 0;           // bytes the LMDB map may grow to; 0: KeyDbOptions' default
   std::vector<uid_t> shmAllowUids;
   std::vector<gid_t> shmAllowGids;
+  std::string routeRulesPath;  // --route-rules: empty for none (docs/protocol.md)
   verifier::LifetimeConfig lifetimes;
   int writebackIntervalMs = 250;  // SPEC 3: at least once a second
-  int invalidationPollUs = 250;  // how often the changelog watcher looks (SPEC 6: within 10 ms)
+  int invalidationPollUs = 250;   // how often the changelog watcher looks (SPEC 6: within 10 ms)
   bool createAdmin = true;        // a fresh data dir gets an owner "admin" and a first token
   std::string logLevel = "info";
 };

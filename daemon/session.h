@@ -10,6 +10,7 @@
 #include "daemon/loop.h"
 #include "daemon/management.h"
 #include "daemon/metrics.h"
+#include "daemon/route_rules.h"
 #include "daemon/service.h"
 
 namespace tokend::daemon {
@@ -17,6 +18,7 @@ namespace tokend::daemon {
 struct SessionConfig {
   std::vector<uid_t> shmAllowUids;  // besides the daemon's own uid
   std::vector<gid_t> shmAllowGids;
+  RouteRules routeRules;  // --route-rules; empty: forwarded requests are not mapped
 };
 
 class SessionFactoryImpl final : public SessionFactory {
@@ -29,6 +31,7 @@ class SessionFactoryImpl final : public SessionFactory {
   Service& service() { return service_; }
   Management& management() { return management_; }
   bool shmAllowed(const PeerCred& peer) const;
+  const RouteRules& routeRules() const { return config_.routeRules; }
   const LoopStats* loopStats() const { return loopStats_; }
   std::string renderMetrics() const;
   // The read-only segment descriptor handed to allowed clients (opened once, kept).
