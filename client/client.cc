@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -95,6 +96,11 @@ constexpr const char* kReasonNames[] = {
     "scope", "allow_list", "role",      "bad_request",
 };
 static_assert(std::size(kReasonNames) == verifier::kReasonCount);
+// `owned` went into what was tail padding: programs built against the header without it allocate
+// the same size and find every other field where it was (LP64).
+static_assert(sizeof(void*) != 8 ||
+              (sizeof(tokend_result) == 136 && offsetof(tokend_result, via_shm) == 128 &&
+               offsetof(tokend_result, owned) == 132));
 
 const char* reasonText(Reason r) {
   const auto i = static_cast<unsigned>(r);
@@ -122,11 +128,12 @@ void copyField(char* dst, size_t cap, std::string_view src) {
 void fill(tokend_result& out, Reason reason, int viaShm, client::UuidText* text = nullptr,
           const uint8_t* userId = nullptr, std::string_view username = {},
           std::string_view tokenId = {}, LoginType loginType = LoginType::Token,
-          int64_t expiresAt = 0) {
+          int64_t expiresAt = 0, bool owned = false) {
   out.allowed = reason == Reason::Ok ? 1 : 0;
   out.http_status = verifier::httpStatus(reason);
   out.reason = reasonText(reason);
   out.via_shm = viaShm;
+  out.owned = reason == Reason::Ok && owned ? 1 : 0;
   clearIdentity(out);
   if (reason != Reason::Ok || userId == nullptr) return;
   text->format(userId, out.user_id);
@@ -150,7 +157,8 @@ struct tokend_client {
   std::string path;
   int timeoutMs = kDefaultTimeoutMs;
   bool wantShm = true;
-  bool refused = false;  // the daemon refused the segment on the current connection
+  bool refused = false;     // the daemon refused the segment on the current connection
+  bool grantFlags = false;  // the daemon's VERIFY_RESULTs carry the grant byte (HELLO)
   std::optional<client::Channel> chan;
   std::unique_ptr<shm::CacheReader> reader;
   uint64_t mappedGen = 0;
@@ -225,9 +233,11 @@ struct tokend_client {
     chan.reset();
     auto ch = client::Channel::open(path, timeoutMs);
     if (!ch) return fail(ch.error());
-    uint32_t features = daemon::kFeatureUsageReport | (wantShm ? daemon::kFeatureShm : 0);
+    uint32_t features = daemon::kFeatureUsageReport | daemon::kFeatureGrantFlags |
+                        (wantShm ? daemon::kFeatureShm : 0);
     auto h = ch->hello(features);
     if (!h) return fail(h.error());
+    grantFlags = (h->features & daemon::kFeatureGrantFlags) != 0;
     daemonVersion = std::move(h->software);
     chan.emplace(std::move(*ch));
     refused = false;
@@ -264,7 +274,8 @@ struct tokend_client {
     // marks the entry verified again, so the next ones are reported).
     if (due && !shm::useReportable(entry, now)) return false;
     fill(res, *reason, 1, &uuidText, entry.userId, entry.name(), entry.id(),
-         static_cast<LoginType>(entry.loginType), entry.expiresAt);
+         static_cast<LoginType>(entry.loginType), entry.expiresAt,
+         *reason == Reason::Ok && shm::grantOwned(entry, q));
     if (due) noteUse(now);
     return true;
   }
@@ -328,11 +339,16 @@ struct tokend_client {
       if (f->header.opcode != daemon::Opcode::VerifyResult) {
         return fail(makeError("tokend sent an unexpected frame", -EPROTO));
       }
-      auto v = daemon::decodeVerifyResult(f->payload);
+      auto v = daemon::decodeVerifyResult(f->payload, grantFlags);
       if (!v) return fail(makeError("tokend's answer does not decode", -EPROTO));
       const daemon::VerifyAnswer& a = v->answer;
+      // A daemon without grant flags cannot say: assume the grant rests on the owner whenever it
+      // could, so that the caller checks rather than trusts.
+      const tokend_request& r = reqs[idx[k]];
+      const bool owned =
+          grantFlags ? a.owned : !field(r.permission).empty() && !field(r.owner).empty();
       fill(res[idx[k]], a.reason, 0, &uuidText, a.userId.bytes.data(), a.username, a.tokenId,
-           a.loginType, a.expiresAt);
+           a.loginType, a.expiresAt, owned);
       res[idx[k]].http_status = v->httpStatus;
     }
     return 0;

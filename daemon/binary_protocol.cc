@@ -239,7 +239,7 @@ Result<VerifyQuery> decodeVerify(std::string_view payload) {
   return q;
 }
 
-Result<VerifyResult> decodeVerifyResult(std::string_view payload) {
+Result<VerifyResult> decodeVerifyResult(std::string_view payload, bool grantFlags) {
   Reader r(payload);
   VerifyResult v;
   uint8_t reason = r.u8();
@@ -249,7 +249,12 @@ Result<VerifyResult> decodeVerifyResult(std::string_view payload) {
   std::string_view id = r.bytes(16);
   v.answer.username = r.str16();
   v.answer.tokenId = r.str16();
+  const uint8_t grant = grantFlags ? r.u8() : 0;
   if (!r.done()) return badPayload("malformed VERIFY_RESULT");
+  if ((grant & ~kGrantOwned) != 0) return badPayload("VERIFY_RESULT unknown grant flags");
+  if (grant != 0 && reason != static_cast<uint8_t>(verifier::Reason::Ok))
+    return badPayload("VERIFY_RESULT grant flags on a denial");
+  v.answer.owned = (grant & kGrantOwned) != 0;
   if (reason >= verifier::kReasonCount) return badPayload("VERIFY_RESULT reason out of range");
   if (loginType > static_cast<uint8_t>(verifier::LoginType::Github))
     return badPayload("VERIFY_RESULT login type out of range");
@@ -369,9 +374,10 @@ Result<void> encodeVerify(std::string& out, uint64_t requestId, const VerifyQuer
   return {};
 }
 
-Result<void> encodeVerifyResult(std::string& out, uint64_t requestId, const VerifyAnswer& a) {
+Result<void> encodeVerifyResult(std::string& out, uint64_t requestId, const VerifyAnswer& a,
+                                bool grantFlags) {
   if (a.username.size() > kMaxStr16 || a.tokenId.size() > kMaxStr16 ||
-      kVerifyResultFixed + 4 + a.username.size() + a.tokenId.size() > kMaxFramePayload)
+      kVerifyResultFixed + 5 + a.username.size() + a.tokenId.size() > kMaxFramePayload)
     return makeError("VERIFY_RESULT field too long");
   size_t start = beginFrame(out, Opcode::VerifyResult, requestId);
   putU8(out, static_cast<uint8_t>(a.reason));
@@ -381,6 +387,7 @@ Result<void> encodeVerifyResult(std::string& out, uint64_t requestId, const Veri
   out.append(reinterpret_cast<const char*>(a.userId.bytes.data()), a.userId.bytes.size());
   putStr16(out, a.username);
   putStr16(out, a.tokenId);
+  if (grantFlags) putU8(out, a.reason == verifier::Reason::Ok && a.owned ? kGrantOwned : 0);
   finishFrame(out, start);
   return {};
 }

@@ -99,6 +99,10 @@ FrameParse parseFrame(std::string_view in);
 // Feature bits of HELLO.
 inline constexpr uint32_t kFeatureShm = 1u << 0;          // SHM_ATTACH is served
 inline constexpr uint32_t kFeatureUsageReport = 1u << 1;  // USAGE_REPORT is accepted
+// VERIFY_RESULT ends in a u8 of grant flags (kGrantOwned). It changes the answer's layout, so the
+// server sends the byte only to a connection whose HELLO asked for it, and offers the bit back
+// only then; a client that did not ask (libtokend before it, tokenload) gets the 1.0 layout.
+inline constexpr uint32_t kFeatureGrantFlags = 1u << 2;
 
 // HELLO: u16 version, u16 reserved (0), u32 features, u32 max payload, str16 software.
 struct Hello {
@@ -111,7 +115,9 @@ struct Hello {
 // VERIFY: str16 token, str16 permission, str16 object, str16 owner (empty = absent).
 // VERIFY_RESULT (fixed part first, 28 bytes, then the strings):
 //   u8 reason (verifier::Reason), u8 login type (0 token, 1 password, 2 oidc, 3 github),
-//   u16 http status, i64 expires_at, u8[16] user id, str16 username, str16 token id.
+//   u16 http status, i64 expires_at, u8[16] user id, str16 username, str16 token id,
+//   and with kFeatureGrantFlags negotiated: u8 grant flags (kGrantOwned; other bits 0).
+inline constexpr uint8_t kGrantOwned = 1u << 0;  // answer.owned: the grant rests on the owner
 struct VerifyResult {
   VerifyAnswer answer;  // username and tokenId point into the payload
   uint16_t httpStatus = 0;
@@ -150,7 +156,8 @@ struct ErrorFrame {
 // end, trailing bytes and out-of-range enum values (Error::code -EBADMSG; answer BadPayload).
 Result<Hello> decodeHello(std::string_view payload);
 Result<VerifyQuery> decodeVerify(std::string_view payload);
-Result<VerifyResult> decodeVerifyResult(std::string_view payload);
+// `grantFlags`: whether kFeatureGrantFlags was negotiated, so the grant byte must be there.
+Result<VerifyResult> decodeVerifyResult(std::string_view payload, bool grantFlags = false);
 Result<ShmGrant> decodeShmGranted(std::string_view payload);
 Result<UsageReport> decodeUsageReport(std::string_view payload);
 Result<uint32_t> decodeUsageAck(std::string_view payload);
@@ -170,7 +177,9 @@ void encodeError(std::string& out, uint64_t requestId, ErrorCode code, std::stri
 // Errors: a field over 65535 bytes, or a payload over kMaxFramePayload.
 Result<void> encodeVerify(std::string& out, uint64_t requestId, const VerifyQuery& query);
 // Errors: username or token id over 65535 bytes. The status written is httpStatus(reason).
-Result<void> encodeVerifyResult(std::string& out, uint64_t requestId, const VerifyAnswer& answer);
+// `grantFlags`: append the grant byte (only on a connection that negotiated kFeatureGrantFlags).
+Result<void> encodeVerifyResult(std::string& out, uint64_t requestId, const VerifyAnswer& answer,
+                                bool grantFlags = false);
 // Errors: more than kMaxUsageEntries entries, a token id not kUsageTokenIdSize bytes.
 Result<void> encodeUsageReport(std::string& out, uint64_t requestId,
                                std::span<const UsageEntry> entries);

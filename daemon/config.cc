@@ -167,6 +167,11 @@ ParseOutcome parseConfig(int argc, char** argv, Config& c, int& exitCode) {
       ->envname("TOKEND_INTROSPECT_USER")
       ->delimiter(',');
 
+  app.add_option("--route-rules", c.routeRulesPath,
+                 "File of METHOD PATH-PATTERN PERMISSION [OBJECT] lines: what a forwarded "
+                 "request (Traefik forwardAuth, Envoy ext_authz) needs")
+      ->envname("TOKEND_ROUTE_RULES");
+
   auto& lt = c.lifetimes;
   addDuration(app, "--session-duration", "TOKEND_SESSION_DURATION", "CODER_SESSION_DURATION",
               lt.sessionDuration, "Lifetime of session tokens");

@@ -27,6 +27,7 @@ struct Config {
   std::string metricsListen;   // /metrics, /healthz, /readyz only, any address; empty: off
   // Users besides owners whose tokens may call POST /v1/introspect (the gateways' service users).
   std::vector<std::string> introspectUsers;
+  std::string routeRulesPath;  // --route-rules: empty for none (docs/protocol.md)
   verifier::LifetimeConfig lifetimes;
   int writebackIntervalMs = 250;  // SPEC 3: at least once a second
   int invalidationPollUs = 250;   // how often the changelog watcher looks (SPEC 6: within 10 ms)

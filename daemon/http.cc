@@ -8,6 +8,8 @@
 namespace tokend::daemon {
 namespace {
 
+constexpr std::string_view kVerifyPath = "/v1/verify";
+
 // RFC 9110 5.6.2: token characters.
 bool isTchar(char ch) {
   auto c = static_cast<unsigned char>(ch);
@@ -354,12 +356,35 @@ Result<VerifyQuery> extractVerifyQuery(const HttpRequest& r, DecodeBuffer& scrat
       {"object", "X-Tokend-Object", &VerifyQuery::object},
       {"owner", "X-Tokend-Owner", &VerifyQuery::owner},
   };
+  // The gateway sets headers; the query may be the client's (L7 of the 2026 review): headers win.
+  const bool ownQuery = r.path == kVerifyPath;
   for (const Source& s : kSources) {
+    q.*s.field = r.header(s.header);
+    if (!(q.*s.field).empty() || !ownQuery) continue;
     auto v = queryParam(r.query, s.param, scratch);
     if (!v) return v.error();
-    q.*s.field = v->empty() ? r.header(s.header) : *v;
+    q.*s.field = *v;
   }
   return q;
+}
+
+bool isVerifyPath(std::string_view path) {
+  return path.starts_with(kVerifyPath) &&
+         (path.size() == kVerifyPath.size() || path[kVerifyPath.size()] == '/');
+}
+
+bool forwardedRequest(const HttpRequest& r, std::string_view& method, std::string_view& path) {
+  if (std::string_view uri = r.header("X-Forwarded-Uri"); !uri.empty()) {
+    method = r.header("X-Forwarded-Method");
+    path = uri.substr(0, uri.find_first_of("?#"));
+    return true;
+  }
+  if (r.path.size() > kVerifyPath.size() && isVerifyPath(r.path)) {
+    method = r.method;
+    path = r.path.substr(kVerifyPath.size());
+    return true;
+  }
+  return false;
 }
 
 std::string_view statusReason(int status) {
@@ -438,6 +463,9 @@ void appendVerifyResponse(std::string& out, const VerifyAnswer& a, bool keepAliv
     out.append("X-Tokend-Expires-At: ");
     appendDecimal(out, a.expiresAt);
     out.append("\r\n");
+    // SPEC 6: an owned grant holds only if the object really is the user's; the gateway or the
+    // upstream must check that from its own data before it acts on this answer.
+    out.append(a.owned ? "X-Tokend-Grant: owned\r\n" : "X-Tokend-Grant: site\r\n");
   } else if (status == 401) {
     out.append("WWW-Authenticate: Bearer realm=\"tokend\", error=\"invalid_token\"\r\n");
   } else if (status == 403) {
@@ -445,6 +473,15 @@ void appendVerifyResponse(std::string& out, const VerifyAnswer& a, bool keepAliv
   }
   // An auth answer is about one request at one moment: no cache may keep it.
   out.append("Cache-Control: no-store\r\n");
+  appendBody(out, keepAlive, {}, {});
+}
+
+void appendNoRuleResponse(std::string& out, bool keepAlive) {
+  appendStatusLine(out, 403);
+  out.append(
+      "X-Tokend-Reason: no_rule\r\n"
+      "WWW-Authenticate: Bearer realm=\"tokend\", error=\"insufficient_scope\"\r\n"
+      "Cache-Control: no-store\r\n");
   appendBody(out, keepAlive, {}, {});
 }
 

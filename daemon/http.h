@@ -101,10 +101,24 @@ std::string_view cookieValue(const HttpRequest& request, std::string_view name);
 // value that had to be looked at.
 Result<std::string_view> extractToken(const HttpRequest& request, DecodeBuffer& scratch);
 
-// The whole query of GET /v1/verify: the token as extractToken(); perm, object and owner from the
-// query parameters of those names, else from the headers X-Tokend-Permission, X-Tokend-Object,
-// X-Tokend-Owner (a non-empty query parameter wins over the header). The path is not checked.
+// Whether `path` is the verify endpoint: /v1/verify or any path below it (/v1/verify/...), which
+// answer on every method (SPEC 7: Envoy's ext_authz sends the client's method and appends the
+// client's path to its path_prefix).
+bool isVerifyPath(std::string_view path);
+
+// The whole query of a verify request: the token as extractToken(); perm, object and owner from
+// the headers X-Tokend-Permission, X-Tokend-Object, X-Tokend-Owner, which the gateway sets; a
+// header that is absent or empty falls back to the query parameter of that name, and only on
+// /v1/verify itself: below it (/v1/verify/...) the query is the client's own (Envoy appends the
+// client's path and query), so it may carry a token but never a permission, object or owner.
 Result<VerifyQuery> extractVerifyQuery(const HttpRequest& request, DecodeBuffer& scratch);
+
+// The client's request a forward-auth gateway asks about, for route rules: X-Forwarded-Method and
+// the path of X-Forwarded-Uri (Traefik's forwardAuth; the query cut off) when X-Forwarded-Uri is
+// sent, else the request's own method and its path below /v1/verify (Envoy's ext_authz with
+// path_prefix /v1/verify: "/v1/verify/api/x" is "/api/x"). False for a plain /v1/verify without
+// X-Forwarded-Uri: there is no forwarded request, only what headers and query ask.
+bool forwardedRequest(const HttpRequest& request, std::string_view& method, std::string_view& path);
 
 // --- Responses ---------------------------------------------------------------------------------
 // A response is written as: appendStatusLine, any appendHeader, then appendBody (which always
@@ -123,11 +137,16 @@ void appendBody(std::string& out, bool keepAlive, std::string_view contentType,
                 std::string_view body);
 
 // A verify answer with no body: 200 with X-Tokend-Reason: ok, X-Tokend-User-Id,
-// X-Tokend-Username, X-Tokend-Token-Id, X-Tokend-Login-Type, X-Tokend-Expires-At; or the
+// X-Tokend-Username, X-Tokend-Token-Id, X-Tokend-Login-Type, X-Tokend-Expires-At and
+// X-Tokend-Grant: owned (answer.owned: the grant rests on the caller's owner) or site; or the
 // reason's status (401, 403, 400) with X-Tokend-Reason and, for 401 and 403, WWW-Authenticate:
 // Bearer realm="tokend", error="invalid_token" (401) or error="insufficient_scope" (403). All
 // carry Cache-Control: no-store.
 void appendVerifyResponse(std::string& out, const VerifyAnswer& answer, bool keepAlive);
+// The answer to a forwarded request that no route rule covers, for an authenticated token: 403
+// with X-Tokend-Reason: no_rule, WWW-Authenticate: Bearer ... error="insufficient_scope",
+// Cache-Control: no-store, no body. (A token that fails authentication gets its own 401.)
+void appendNoRuleResponse(std::string& out, bool keepAlive);
 // A JSON response whose body is already serialized.
 void appendJsonResponse(std::string& out, int status, bool keepAlive, std::string_view json);
 // {"message": <message>, "detail": <detail>}, the error shape of SPEC 8.

@@ -243,6 +243,16 @@ int run(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
+  // Before anything is created: a rules file with a mistake stops the start, naming the line.
+  auto routeRules = config.routeRulesPath.empty() ? Result<RouteRules>(RouteRules())
+                                                  : RouteRules::load(config.routeRulesPath);
+  if (!routeRules) {
+    log::error("Failed to load the route rules: {}", routeRules.error().message);
+    return 1;
+  }
+  if (!routeRules->empty())
+    log::info("Route rules: {} from {}", routeRules->size(), config.routeRulesPath);
+
   verifier::KeyDbOptions dbOptions;
   if (config.maxDbSize != 0) {
     dbOptions.maxMapSize = config.maxDbSize;
@@ -320,9 +330,10 @@ int run(int argc, char** argv) {
       **db, *cache, metrics,
       ServiceOptions{config.lifetimes, config.writebackIntervalMs, config.invalidationPollUs});
   Management management(service, manager);
-  SessionFactoryImpl factory(service, management,
-                             SessionConfig{config.shmAllowUids, config.shmAllowGids},
-                             config.loop.threads);
+  SessionFactoryImpl factory(
+      service, management,
+      SessionConfig{config.shmAllowUids, config.shmAllowGids, std::move(*routeRules)},
+      config.loop.threads);
   auto server = Server::create(listeners, config.loop, factory);
   if (!server) {
     log::error("Failed to start the event loop: {}", server.error().message);

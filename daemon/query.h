@@ -34,6 +34,10 @@ struct VerifyAnswer {
   std::string_view tokenId;
   verifier::LoginType loginType = verifier::LoginType::Token;
   int64_t expiresAt = 0;  // Unix seconds
+  // Ok only: the permission was granted on the caller's word that the object belongs to the
+  // token's user (an owned role permission, SPEC 6). Every protocol says so: HTTP X-Tokend-Grant:
+  // owned, the text word `owned`, the binary grant flag.
+  bool owned = false;
 };
 
 // SPEC 2's words for a login type. Kept here rather than calling verifier::loginTypeName so that

@@ -118,6 +118,7 @@ bool Service::verify(Worker& w, const VerifyQuery& q, VerifyAnswer& a) {
   a.username = std::string_view(w.username_.data(), e.usernameLen);
   a.loginType = static_cast<LoginType>(e.loginType);
   a.expiresAt = e.expiresAt;
+  a.owned = a.reason == Reason::Ok && shm::grantOwned(e, query);
   if (a.reason != Reason::BadSecret) noteVerified(w, e, a.reason, now);
   return true;
 }

@@ -195,10 +195,14 @@ class ProtocolSession final : public Session {
       // --metrics-listen: health and metrics, which hold no secret; nothing else exists there.
       appendJsonError(out.bytes, 404, req_.keepAlive, "Not found.",
                       "this listener serves /metrics, /healthz and /readyz only");
-    } else if (path == "/v1/verify" && get) {
+    } else if (isVerifyPath(path)) {
+      // Any method, any path below: gateways forward the client's (SPEC 7). A body was read
+      // within the limits by the parser and is ignored.
       int64_t start = startTimer();
       auto q = extractVerifyQuery(req_, scratch_);
-      if (!q) {
+      const RouteOutcome route =
+          q ? applyRouteRules(f_.routeRules(), req_, *q, route_) : RouteOutcome::NotApplied;
+      if (!q || route == RouteOutcome::ObjectTooLong) {
         VerifyAnswer bad;
         bad.reason = Reason::BadRequest;
         appendVerifyResponse(out.bytes, bad, req_.keepAlive);
@@ -207,6 +211,11 @@ class ProtocolSession final : public Session {
         if (!f_.service().verify(w_, *q, a)) {
           appendJsonError(out.bytes, 500, req_.keepAlive, "Internal error.",
                           "the key database could not be read");
+        } else if (route == RouteOutcome::NoRule && a.reason == Reason::Ok) {
+          // Authenticated, but no rule says what this route needs: refuse (docs/protocol.md).
+          // Counted as scope: the 403 of a permission the token does not hold.
+          appendNoRuleResponse(out.bytes, req_.keepAlive);
+          count(Proto::Http, Reason::Scope, start);
         } else {
           appendVerifyResponse(out.bytes, a, req_.keepAlive);
           count(Proto::Http, a.reason, start);
@@ -234,8 +243,7 @@ class ProtocolSession final : public Session {
       return postWrite(in.substr(0, used));
     } else if (path.starts_with("/api/v2/")) {
       f_.management().handle(w_, req_, scratch_, out.bytes);
-    } else if (path == "/v1/verify" || path == "/healthz" || path == "/readyz" ||
-               path == "/metrics") {
+    } else if (path == "/healthz" || path == "/readyz" || path == "/metrics") {
       appendJsonError(out.bytes, 405, req_.keepAlive, "Method not allowed.", std::string(m));
     } else {
       appendJsonError(out.bytes, 404, req_.keepAlive, "Not found.", std::string(path));
@@ -268,6 +276,9 @@ class ProtocolSession final : public Session {
         reply.version = kBinaryVersion;
         reply.features =
             kFeatureUsageReport | (f_.shmFd() >= 0 && f_.shmAllowed(peer_) ? kFeatureShm : 0);
+        // The grant byte changes VERIFY_RESULT's layout: only for a client that asked for it.
+        grantFlags_ = (h->features & kFeatureGrantFlags) != 0;
+        if (grantFlags_) reply.features |= kFeatureGrantFlags;
         reply.software = kSoftware;
         encodeHello(out.bytes, id, reply);
         break;
@@ -285,7 +296,7 @@ class ProtocolSession final : public Session {
           encodeError(out.bytes, id, ErrorCode::Internal, "the key database could not be read");
           break;
         }
-        if (auto e = encodeVerifyResult(out.bytes, id, a); !e) {
+        if (auto e = encodeVerifyResult(out.bytes, id, a, grantFlags_); !e) {
           encodeError(out.bytes, id, ErrorCode::Internal, e.error().message);
         }
         count(Proto::Binary, a.reason, start);
@@ -385,8 +396,10 @@ class ProtocolSession final : public Session {
   size_t aheadNext_ = 0;
   HttpRequest req_;
   DecodeBuffer scratch_;
+  RouteMatch route_;  // the object a route rule built, for the request being answered
   std::vector<Use> uses_;
-  bool attached_ = false;  // SHM_GRANTED was sent on this connection
+  bool attached_ = false;    // SHM_GRANTED was sent on this connection
+  bool grantFlags_ = false;  // this connection's HELLO asked for kFeatureGrantFlags
 };
 
 }  // namespace

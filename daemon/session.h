@@ -11,6 +11,7 @@
 #include "daemon/loop.h"
 #include "daemon/management.h"
 #include "daemon/metrics.h"
+#include "daemon/route_rules.h"
 #include "daemon/service.h"
 
 namespace tokend::daemon {
@@ -18,6 +19,7 @@ namespace tokend::daemon {
 struct SessionConfig {
   std::vector<uid_t> shmAllowUids;  // besides the daemon's own uid
   std::vector<gid_t> shmAllowGids;
+  RouteRules routeRules;  // --route-rules; empty: forwarded requests are not mapped
 };
 
 class SessionFactoryImpl final : public SessionFactory {
@@ -35,6 +37,7 @@ class SessionFactoryImpl final : public SessionFactory {
   // The Service worker of the writer thread, where management writes run (Service::post).
   Service::Worker& writerWorker() { return *writerWorker_; }
   bool shmAllowed(const PeerCred& peer) const;
+  const RouteRules& routeRules() const { return config_.routeRules; }
   const LoopStats* loopStats() const { return loopStats_; }
   std::string renderMetrics() const;
   // Empty when the daemon can answer correctly (GET /readyz), else why not.

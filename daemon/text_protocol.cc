@@ -101,6 +101,7 @@ void appendTextOk(std::string& out, const VerifyAnswer& a) {
   out.append(loginTypeWord(a.loginType));
   out.push_back(' ');
   appendInt(out, a.expiresAt);
+  if (a.owned) out.append(" owned");
   out.push_back('\n');
 }
 

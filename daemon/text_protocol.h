@@ -1,7 +1,7 @@
 // The text protocol (SPEC 7): one request per line, for shells and scripts.
 //
 //   VERIFY <token> [<resource:action> [<type:uuid>|- [<owner uuid>]]]
-//     -> OK <user_id> <username> <token_id> <login_type> <expires_at>
+//     -> OK <user_id> <username> <token_id> <login_type> <expires_at> [owned]
 //     -> DENY <reason> <http status>
 //   PING -> PONG
 //   anything else -> ERR <message>
@@ -49,7 +49,8 @@ inline constexpr std::string_view kTextLineTooLong = "line too long";
 TextParse parseTextLine(std::string_view in);
 
 // Encoders append one answer line to `out`. They allocate only when `out` must grow.
-// "OK <user_id> <username> <token_id> <login_type> <expires_at>\n"
+// "OK <user_id> <username> <token_id> <login_type> <expires_at>\n", with " owned" before the
+// newline when the grant rests on the caller's word about the owner (answer.owned).
 void appendTextOk(std::string& out, const VerifyAnswer& answer);
 // "DENY <reason> <status>\n"
 void appendTextDeny(std::string& out, verifier::Reason reason);

@@ -66,4 +66,8 @@ std::optional<verifier::Reason> decideFromEntry(const CacheEntry& e,
   return verifier::decide(facts, presentedHash, query, now);
 }
 
+bool grantOwned(const CacheEntry& e, const verifier::Query& query) {
+  return verifier::restsOnOwner(verifier::PermSet::fromWords(e.site), query);
+}
+
 }  // namespace tokend::shm

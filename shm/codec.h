@@ -24,4 +24,8 @@ std::optional<verifier::Reason> decideFromEntry(const CacheEntry& entry,
                                                 const verifier::Digest& presentedHash,
                                                 const verifier::Query& query, int64_t now);
 
+// For an `ok` verdict decided from or filled into `entry`: whether it rests on the caller's word
+// about the owner (verifier::restsOnOwner over the entry's site permissions).
+bool grantOwned(const CacheEntry& entry, const verifier::Query& query);
+
 }  // namespace tokend::shm

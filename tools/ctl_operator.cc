@@ -118,8 +118,8 @@ class OperatorBackend final : public Backend {
     (*reader)->end();
     if (!v) return v.error();
     std::string line;
-    daemon::VerifyAnswer a{v->reason,        v->userId,    v->usernameView(),
-                           v->tokenIdView(), v->loginType, v->expiresAt};
+    daemon::VerifyAnswer a{v->reason,    v->userId,    v->usernameView(), v->tokenIdView(),
+                           v->loginType, v->expiresAt, v->owned};
     daemon::appendTextAnswer(line, a);
     if (!line.empty() && line.back() == '\n') line.pop_back();
     return line;

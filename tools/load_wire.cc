@@ -109,8 +109,11 @@ Answer parseText(std::string_view in) {
   if (verb == "OK") {
     std::string_view words[5];
     for (auto& w : words) w = nextWord(line, pos);
-    if (words[4].empty() || !nextWord(line, pos).empty() ||
-        words[2].size() != verifier::kTokenIdLength || !parseUnsigned(words[4])) {
+    // A trailing "owned" marks a grant that rests on the owner named (SPEC 6).
+    std::string_view extra = nextWord(line, pos);
+    if (extra == "owned") extra = nextWord(line, pos);
+    if (words[4].empty() || !extra.empty() || words[2].size() != verifier::kTokenIdLength ||
+        !parseUnsigned(words[4])) {
       a.status = AnswerStatus::Refused;
       a.message = "OK answer without its five fields";
       return a;

@@ -131,6 +131,7 @@ Result<Verdict> verify(Txn& txn, Sha256& sha, std::string_view token, const Quer
   }
   Reason r = decide(scratch.facts(), sha.digest(parsed->secret), query, now);
   fillVerdict(scratch, r, v);
+  v.owned = r == Reason::Ok && restsOnOwner(scratch.grant.site, query);
   return v;
 }
 

@@ -50,6 +50,14 @@ struct TokenFacts {
 Reason decide(const TokenFacts& token, const Digest& presentedHash, const Query& query,
               int64_t now);
 
+// Whether an `ok` verdict for `query` rests on the caller's word about the owner (SPEC 6): a
+// permission was asked and the token's user holds it only as an owned role permission, so decide()
+// granted it because the query named that user as the owner. `site` is the token's Grant::site.
+// tokend cannot know who owns an object: every protocol marks such a grant "owned".
+constexpr bool restsOnOwner(const PermSet& site, const Query& query) {
+  return query.hasPermission && !site.test(query.permission);
+}
+
 // Everything known of one token after the database read, compiled. Large (the allow list is
 // inline), so keep one per thread and reuse it.
 struct CompiledToken {
@@ -94,6 +102,7 @@ struct Verdict {
   int64_t expiresAt = 0;
   uint8_t usernameLength = 0;
   std::array<char, 32> username{};
+  bool owned = false;  // allowed only on the caller's word about the owner (restsOnOwner)
 
   bool allowed() const { return reason == Reason::Ok; }
   std::string_view usernameView() const { return {username.data(), usernameLength}; }

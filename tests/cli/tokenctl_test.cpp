@@ -219,10 +219,16 @@ TEST_SUITE("Tokenctl") {
     CHECK(ctl({"check", token, "template:read"}).status == 0);
     CHECK(ctl({"check", token, "system:read"}).out == "DENY role 403\n");
     CHECK(ctl({"check", token, "workspace:read", ws(kA)}).out == "DENY role 403\n");
-    CHECK(ctl({"check", token, "workspace:read", ws(kA), "--owner", id}).status == 0);
+    auto owned = ctl({"check", token, "workspace:read", ws(kA), "--owner", id});
+    CHECK(owned.status == 0);
+    // The grant rests on the owner named: the line says so (SPEC 6).
+    CHECK(owned.out.ends_with(" owned\n"));
+    CHECK_FALSE(ctl({"check", token, "template:read"}).out.ends_with(" owned\n"));
     // A role change applies to existing tokens at once.
     ctl.ok({"users", "roles", "alice", "--set", "owner"});
     CHECK(ctl({"check", token, "system:read"}).status == 0);
+    CHECK_FALSE(
+        ctl({"check", token, "workspace:read", ws(kA), "--owner", id}).out.ends_with(" owned\n"));
   }
 
   TEST_CASE("suspension, removal and deletion are refused by check") {

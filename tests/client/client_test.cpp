@@ -52,6 +52,40 @@ tokend_result verifyViaShm(tokend_client* c, const std::string& token, const cha
 }  // namespace
 
 TEST_SUITE("Client") {
+  TEST_CASE("a grant that rests on the owner named is marked owned, on both paths") {
+    Daemon d;
+    d.start();
+    const std::string mia = d.ctl({"users", "create", "mia"});
+    const std::string tok = d.ctl({"tokens", "create", "--user", "mia"});
+    const std::string boss = d.adminToken();
+    const char* ws = "workspace:3f2504e0-4f89-41d3-9a0c-0305e82c3301";
+    Handle fast(d.socket());
+    Handle slow(d.socket(), TOKEND_OPEN_NO_SHM);
+    for (tokend_client* c : {fast.c, slow.c}) {
+      const bool viaShm = c == fast.c;
+      CAPTURE(viaShm);
+      auto get = [&](const std::string& t, const char* perm, const char* owner) {
+        return viaShm ? verifyViaShm(c, t, perm, ws, owner) : verify(c, t, perm, ws, owner);
+      };
+      // A member may delete her own workspaces: granted on the word that the owner is her.
+      tokend_result r = get(tok, "workspace:delete", mia.c_str());
+      CHECK(r.allowed == 1);
+      CHECK(r.owned == 1);
+      CHECK(r.via_shm == (viaShm ? 1 : 0));
+      // Without that word she is refused; authentication alone is no grant.
+      r = get(tok, "workspace:delete", nullptr);
+      CHECK(r.allowed == 0);
+      CHECK(r.owned == 0);
+      r = get(tok, nullptr, nullptr);
+      CHECK(r.allowed == 1);
+      CHECK(r.owned == 0);
+      // A site-wide grant (the owner role) is not owned, whatever owner is named.
+      r = get(boss, "workspace:delete", mia.c_str());
+      CHECK(r.allowed == 1);
+      CHECK(r.owned == 0);
+    }
+  }
+
   TEST_CASE("opening fails with a negative errno when there is no daemon, and checks arguments") {
     TempDir dir;
     tokend_client* c = reinterpret_cast<tokend_client*>(1);

@@ -17,14 +17,15 @@ namespace {
 std::string show(const tokend_result& r) {
   return std::string(r.reason) + " " + std::to_string(r.http_status) + " " +
          std::to_string(r.allowed) + " [" + r.user_id + " " + r.username + " " + r.token_id + " " +
-         r.login_type + " " + std::to_string(r.expires_at) + "]";
+         r.login_type + " " + std::to_string(r.expires_at) + "]" + (r.owned ? " owned" : "");
 }
 
 bool same(const tokend_result& a, const tokend_result& b) {
   return a.allowed == b.allowed && a.http_status == b.http_status &&
          std::strcmp(a.reason, b.reason) == 0 && std::strcmp(a.user_id, b.user_id) == 0 &&
          std::strcmp(a.username, b.username) == 0 && std::strcmp(a.token_id, b.token_id) == 0 &&
-         std::strcmp(a.login_type, b.login_type) == 0 && a.expires_at == b.expires_at;
+         std::strcmp(a.login_type, b.login_type) == 0 && a.expires_at == b.expires_at &&
+         a.owned == b.owned;
 }
 
 struct Req {
@@ -101,7 +102,7 @@ TEST_SUITE("Equivalence") {
 
     std::set<std::string> reasons;
     std::set<std::string> reasonsViaShm;
-    int viaShm = 0, total = 0;
+    int viaShm = 0, total = 0, ownedViaShm = 0, siteViaShm = 0;
     for (const auto& [name, tok] : toks) {
       for (const Req& q : reqs) {
         tokend_result a, b;
@@ -114,6 +115,9 @@ TEST_SUITE("Equivalence") {
         reasons.insert(a.reason);
         if (a.via_shm) reasonsViaShm.insert(a.reason);
         viaShm += a.via_shm;
+        // Both kinds of grant of a permission decided in shared memory, so that `owned` is
+        // compared where it can differ.
+        if (a.via_shm && a.allowed && q.p()) (a.owned ? ownedViaShm : siteViaShm) += 1;
         ++total;
       }
     }
@@ -125,6 +129,8 @@ TEST_SUITE("Equivalence") {
                                                  "user_inactive", "scope", "allow_list", "role",
                                                  "bad_request"});
     MESSAGE(viaShm, " of ", total, " answers came from shared memory");
+    CHECK(ownedViaShm > 0);
+    CHECK(siteViaShm > 0);
     // The daemon may drop entries now and then (its changelog rounds), so not all of them.
     CHECK(viaShm * 2 > total);
 

@@ -255,6 +255,54 @@ TEST_SUITE("BinaryPayloads") {
     CHECK_FALSE(decodeVerifyResult(payload + std::string(1, '\0')));
   }
 
+  TEST_CASE("with grant flags negotiated VERIFY_RESULT ends in the grant byte, else as before") {
+    VerifyAnswer a;
+    a.reason = Reason::Ok;
+    a.username = "alice";
+    a.tokenId = "abcdefghij";
+    a.owned = true;
+    std::string plain, flagged;
+    REQUIRE(encodeVerifyResult(plain, 1, a));
+    REQUIRE(encodeVerifyResult(flagged, 1, a, true));
+    std::string_view p = std::string_view(plain).substr(kFrameHeaderSize);
+    std::string_view f = std::string_view(flagged).substr(kFrameHeaderSize);
+    // The 1.0 layout is unchanged (what clients that did not ask decode), the flagged one is it
+    // plus one byte: kGrantOwned.
+    CHECK(f.size() == p.size() + 1);
+    CHECK(f.substr(0, p.size()) == p);
+    CHECK(static_cast<uint8_t>(f.back()) == kGrantOwned);
+    auto r = decodeVerifyResult(f, true);
+    REQUIRE(r);
+    CHECK(r->answer.owned);
+    auto old = decodeVerifyResult(p);
+    REQUIRE(old);
+    CHECK_FALSE(old->answer.owned);
+    // Each side refuses the other's layout: the feature bit decides, not a guess.
+    CHECK_FALSE(decodeVerifyResult(f));
+    CHECK_FALSE(decodeVerifyResult(p, true));
+
+    a.owned = false;
+    std::string site;
+    REQUIRE(encodeVerifyResult(site, 1, a, true));
+    CHECK(site.back() == '\0');
+    auto s = decodeVerifyResult(std::string_view(site).substr(kFrameHeaderSize), true);
+    REQUIRE(s);
+    CHECK_FALSE(s->answer.owned);
+
+    std::string unknown(f);
+    unknown.back() = 2;
+    CHECK_FALSE(decodeVerifyResult(unknown, true));
+    // A denial is never owned.
+    a.reason = Reason::Role;
+    a.owned = true;
+    std::string deny;
+    REQUIRE(encodeVerifyResult(deny, 1, a, true));
+    CHECK(deny.back() == '\0');
+    std::string forged = deny.substr(kFrameHeaderSize);
+    forged.back() = static_cast<char>(kGrantOwned);
+    CHECK_FALSE(decodeVerifyResult(forged, true));
+  }
+
   TEST_CASE("HELLO round-trips and cuts the software name") {
     std::string out;
     Hello h;

@@ -400,18 +400,21 @@ TEST_SUITE("HttpLookups") {
               buf) == "c");
   }
 
-  TEST_CASE("verify query from query parameters, else headers; the query wins") {
+  TEST_CASE("verify query from the gateway's headers, else query parameters; headers win") {
     DecodeBuffer buf;
-    HttpRequest r = parseWhole(get(
-        "/v1/verify?perm=workspace%3Aread&object=workspace:3f2504e0-4f89-41d3-9a0c-0305e82c3301",
-        "Authorization: Bearer tok\r\nX-Tokend-Permission: template:read\r\n"
-        "X-Tokend-Owner: 3f2504e0-4f89-41d3-9a0c-0305e82c3301\r\n"));
+    HttpRequest r = parseWhole(
+        get("/v1/verify?perm=workspace%3Aread&object=workspace:3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+            "&owner=11111111-1111-4111-8111-111111111111",
+            "Authorization: Bearer tok\r\nX-Tokend-Permission: template:read\r\n"
+            "X-Tokend-Owner: 3f2504e0-4f89-41d3-9a0c-0305e82c3301\r\n"));
     auto q = extractVerifyQuery(r, buf);
     REQUIRE(q);
     CHECK(q->token == "tok");
-    CHECK(q->permission == "workspace:read");
-    CHECK(q->object == "workspace:3f2504e0-4f89-41d3-9a0c-0305e82c3301");
+    // A client that gets its query through (L7) cannot pick the permission or the owner.
+    CHECK(q->permission == "template:read");
     CHECK(q->owner == "3f2504e0-4f89-41d3-9a0c-0305e82c3301");
+    // No header for the object: the query's.
+    CHECK(q->object == "workspace:3f2504e0-4f89-41d3-9a0c-0305e82c3301");
 
     HttpRequest h = parseWhole(get("/v1/verify?perm=",
                                    "X-Tokend-Permission: template:read\r\n"
@@ -424,6 +427,51 @@ TEST_SUITE("HttpLookups") {
     CHECK(hq->owner.empty());
 
     CHECK_FALSE(extractVerifyQuery(parseWhole(get("/v1/verify?owner=%")), buf));
+  }
+
+  TEST_CASE("below /v1/verify the query is the client's: a token, never a permission") {
+    DecodeBuffer buf;
+    // Envoy's ext_authz appends the client's path and query to path_prefix /v1/verify.
+    HttpRequest r = parseWhole(
+        keep("DELETE /v1/verify/api/workspaces/x?perm=system:read&owner=3f2504e0-4f89-41d3-9a0c-"
+             "0305e82c3301&object=workspace:*&coder_session_token=tok HTTP/1.1\r\n"
+             "Host: app\r\nContent-Length: 0\r\n\r\n"));
+    auto q = extractVerifyQuery(r, buf);
+    REQUIRE(q);
+    CHECK(q->token == "tok");
+    CHECK(q->permission.empty());
+    CHECK(q->object.empty());
+    CHECK(q->owner.empty());
+  }
+
+  TEST_CASE("the verify endpoint is /v1/verify and every path below it") {
+    CHECK(isVerifyPath("/v1/verify"));
+    CHECK(isVerifyPath("/v1/verify/"));
+    CHECK(isVerifyPath("/v1/verify/api/workspaces/1"));
+    CHECK_FALSE(isVerifyPath("/v1/verifyx"));
+    CHECK_FALSE(isVerifyPath("/v1/veri"));
+    CHECK_FALSE(isVerifyPath("/v2/verify"));
+  }
+
+  TEST_CASE("the forwarded request: Traefik's X-Forwarded-*, else Envoy's path below /v1/verify") {
+    std::string_view method, path;
+    // Traefik's forwardAuth: a GET to the address, the client's request in X-Forwarded-*.
+    HttpRequest t = parseWhole(get("/v1/verify",
+                                   "X-Forwarded-Method: DELETE\r\nX-Forwarded-Proto: https\r\n"
+                                   "X-Forwarded-Host: app.example\r\n"
+                                   "X-Forwarded-Uri: /api/workspaces/7?force=1\r\n"
+                                   "X-Forwarded-For: 10.0.0.1\r\n"));
+    REQUIRE(forwardedRequest(t, method, path));
+    CHECK(method == "DELETE");
+    CHECK(path == "/api/workspaces/7");
+    // Envoy: the client's method, path_prefix + the client's path.
+    HttpRequest e = parseWhole(keep(
+        "PUT /v1/verify/api/workspaces/7?x=1 HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\n\r\n"));
+    REQUIRE(forwardedRequest(e, method, path));
+    CHECK(method == "PUT");
+    CHECK(path == "/api/workspaces/7");
+    // nginx auth_request, Caddy forward_auth: no forwarded request, only what they ask.
+    CHECK_FALSE(forwardedRequest(parseWhole(get("/v1/verify?perm=workspace:read")), method, path));
   }
 }
 
@@ -446,6 +494,36 @@ TEST_SUITE("HttpResponses") {
           "X-Tokend-Token-Id: abcdefghij\r\n"
           "X-Tokend-Login-Type: password\r\n"
           "X-Tokend-Expires-At: 1700000000\r\n"
+          "X-Tokend-Grant: site\r\n"
+          "Cache-Control: no-store\r\n"
+          "Content-Length: 0\r\n"
+          "Connection: keep-alive\r\n\r\n");
+  }
+
+  TEST_CASE("a grant that rests on the caller's owner says X-Tokend-Grant: owned") {
+    VerifyAnswer a;
+    a.reason = Reason::Ok;
+    a.username = "alice";
+    a.tokenId = "abcdefghij";
+    a.owned = true;
+    std::string out;
+    appendVerifyResponse(out, a, true);
+    CHECK(out.find("\r\nX-Tokend-Grant: owned\r\n") != std::string::npos);
+    CHECK(out.find("X-Tokend-Grant: site") == std::string::npos);
+    // A denial carries no grant at all.
+    a.reason = Reason::Role;
+    out.clear();
+    appendVerifyResponse(out, a, true);
+    CHECK(out.find("X-Tokend-Grant") == std::string::npos);
+  }
+
+  TEST_CASE("no rule for a forwarded request: 403 no_rule, insufficient_scope, no body") {
+    std::string out;
+    appendNoRuleResponse(out, true);
+    CHECK(out ==
+          "HTTP/1.1 403 Forbidden\r\n"
+          "X-Tokend-Reason: no_rule\r\n"
+          "WWW-Authenticate: Bearer realm=\"tokend\", error=\"insufficient_scope\"\r\n"
           "Cache-Control: no-store\r\n"
           "Content-Length: 0\r\n"
           "Connection: keep-alive\r\n\r\n");

@@ -243,6 +243,25 @@ TEST_SUITE("TextProtocol") {
     CHECK(out.starts_with("OK "));
   }
 
+  TEST_CASE("an owned grant ends the OK line with the word owned") {
+    VerifyAnswer a;
+    a.reason = Reason::Ok;
+    a.userId = *Uuid::parse(kUuid);
+    a.username = "alice";
+    a.tokenId = "abcdefghij";
+    a.expiresAt = 1700000000;
+    a.owned = true;
+    std::string out;
+    appendTextAnswer(out, a);
+    CHECK(out ==
+          "OK 3f2504e0-4f89-41d3-9a0c-0305e82c3301 alice abcdefghij token 1700000000 owned\n");
+    // A denial never says owned.
+    a.reason = Reason::Role;
+    out.clear();
+    appendTextAnswer(out, a);
+    CHECK(out == "DENY role 403\n");
+  }
+
   TEST_CASE("each login type has its word") {
     CHECK(loginTypeWord(LoginType::Token) == "token");
     CHECK(loginTypeWord(LoginType::Password) == "password");

@@ -122,8 +122,9 @@ deleted=$(ctl tokens create --user ops --name to-delete)
   die "could not set up users and tokens"
 
 # --- the upstream ---------------------------------------------------------------------------------
+# The application's own data: alice owns WA, bob owns WB (what an owned grant is checked against).
 "$py" "$here/echo_upstream.py" --port-file "$tmp/upstream.port" --log "$tmp/upstream.log" \
-  >/dev/null 2>"$tmp/upstream.err" &
+  --owner "$WA=$alice_id" --owner "$WB=$bob_id" >/dev/null 2>"$tmp/upstream.err" &
 pids+=($!)
 wait_for "the echo upstream" 100 test -s "$tmp/upstream.port"
 app=127.0.0.1:$(cat "$tmp/upstream.port")
@@ -288,6 +289,21 @@ expect_seen "allowed: upstream saw X-Tokend-Token-Id" X-Tokend-Token-Id "${narro
 expect "allowed: member on her own workspace (owner from the path)" 200 - \
   "$base/api/users/$alice_id/workspaces/$WA" -H "$(bearer "$alice")"
 expect_seen "owned: upstream saw alice" X-Tokend-User-Id "$alice_id"
+expect_seen "owned: upstream saw X-Tokend-Grant: owned" X-Tokend-Grant owned
+# The owner in that path is the client's word (review M1): alice names herself as the owner of
+# bob's workspace. tokend grants it, marked owned; the application, told so, checks and refuses.
+expect "owned grant on another user's workspace: the upstream refuses" 403 - \
+  "$base/api/users/$alice_id/workspaces/$WB" -H "$(bearer "$alice")"
+if grep -q '"detail": "owned grant not confirmed' "$tmp/body"; then
+  ok "owned grant refused by the application, not passed"
+else
+  not_ok "owned grant refused by the application, not passed" "$(head -c 300 "$tmp/body")"
+fi
+expect "owned grant on another user's workspace, forged X-Tokend-Grant: site" 403 - \
+  "$base/api/users/$alice_id/workspaces/$WB" -H "$(bearer "$alice")" -H "X-Tokend-Grant: site"
+expect "site grant: the owner role on any workspace" 200 - "$base/api/users/$alice_id/workspaces/$WB" \
+  -H "$(bearer "$admin_token")"
+expect_seen "site grant: upstream saw X-Tokend-Grant: site" X-Tokend-Grant site
 expect "allowed: owner creates a workspace" 200 - -X POST --data '{}' "$base/api/workspaces" \
   -H "$(bearer "$admin_token")"
 

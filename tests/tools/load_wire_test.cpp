@@ -203,6 +203,19 @@ TEST_SUITE("LoadWire") {
     CHECK(h.closes);
   }
 
+  TEST_CASE("an OK line ending in owned is a verdict; other trailing words are not") {
+    Answer a = parseAnswer(
+        Wire::Text,
+        "OK 3f2504e0-4f89-41d3-9a0c-0305e82c3301 mia abcdefghij token 1700000000 owned\n");
+    CHECK(a.status == AnswerStatus::Verdict);
+    CHECK(a.reason == Reason::Ok);
+    CHECK(a.tokenId == "abcdefghij");
+    CHECK(parseAnswer(Wire::Text,
+                      "OK 3f2504e0-4f89-41d3-9a0c-0305e82c3301 mia abcdefghij token 1700000000 "
+                      "mine\n")
+              .status == AnswerStatus::Refused);
+  }
+
   TEST_CASE("answers that disagree with themselves are refused") {
     CHECK(parseAnswer(Wire::Text, "DENY expired 403\n").status == AnswerStatus::Refused);
     CHECK(parseAnswer(Wire::Text, "DENY nonsense 401\n").status == AnswerStatus::Refused);

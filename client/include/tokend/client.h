@@ -85,6 +85,13 @@ typedef struct tokend_result {
   int64_t expires_at;  /* Unix seconds */
   int via_shm;         /* 1: decided in this process (shared memory, or a malformed/missing token
                           that needs no lookup); 0: answered by the daemon over the socket */
+  int owned;           /* 1 (allowed only): the permission was granted because `owner` named the
+                          token's user, an "owned" role permission (SPEC 6). tokend cannot know who
+                          owns an object: this grant holds only if YOUR data says the object
+                          belongs to that user. Never pass an owner taken from the client's
+                          request; check it, or refuse. 0: granted site-wide (or no permission
+                          was asked). Same on both paths. From a daemon older than this library
+                          (no grant flags), 1 whenever allowed with a permission and an owner. */
 } tokend_result;
 
 /* One request of a batch (tokend_verify_batch). NULL or "" means absent, as for tokend_verify. */
