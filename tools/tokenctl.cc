@@ -10,6 +10,7 @@
 #include "base/duration.h"
 #include "tools/ctl_backend.h"
 #include "tools/ctl_import.h"
+#include "tools/ctl_postgres.h"
 
 namespace tokend::tools {
 namespace {
@@ -25,6 +26,7 @@ struct Options {
   std::string socket;
   std::string token;
   std::string output;
+  std::string postgres;
 };
 
 std::string envOr(const char* name) {
@@ -132,6 +134,9 @@ int main(int argc, char** argv) {
   app.add_option("--db", o.db, "Operator mode: the daemon's data dir (env TOKEND_DB)");
   app.add_option("--socket", o.socket, "User mode: the daemon's Unix socket (env TOKEND_SOCKET)");
   app.add_option("--token", o.token, "User mode: act as this token's user (env TOKEND_TOKEN)");
+  o.postgres = envOr("TOKEND_POSTGRES");
+  app.add_option("--postgres", o.postgres,
+                 "PostgreSQL mode (SPEC 11): a libpq conninfo or URI (env TOKEND_POSTGRES)");
 
   // users
   auto* users = app.add_subcommand("users", "Manage users");
@@ -226,6 +231,9 @@ int main(int argc, char** argv) {
   ImportCommand import;
   addImportCommand(app, import);
 
+  DbCommand db;
+  addDbCommand(app, db);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -233,6 +241,15 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : kExitUsage;
   }
 
+  if (db.command->parsed()) {
+    if (o.postgres.empty()) {
+      fmt::print(stderr,
+                 "tokenctl: db works on PostgreSQL: name it with --postgres CONNINFO (or "
+                 "TOKEND_POSTGRES)\n");
+      return kExitUsage;
+    }
+    return runDb(o.postgres, db);
+  }
   if (o.db.empty() && o.socket.empty()) {
     fmt::print(stderr,
                "tokenctl: name the database with --db DIR (or TOKEND_DB), or the daemon with "
