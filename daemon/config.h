@@ -26,6 +26,8 @@ struct Config {
   int invalidationPollUs = 250;  // how often the changelog watcher looks (SPEC 6: within 10 ms)
   bool createAdmin = true;        // a fresh data dir gets an owner "admin" and a first token
   std::string logLevel = "info";
+  // SPEC 11: a libpq conninfo; set, tokend is a replica of that PostgreSQL database.
+  std::string postgres;
 };
 
 enum class ParseOutcome { Run, Exit };

@@ -21,6 +21,7 @@
 #include "daemon/management.h"
 #include "daemon/service.h"
 #include "daemon/session.h"
+#include "replica/start.h"
 #include "shm/cache.h"
 #include "verifier/catalog.h"
 #include "verifier/manage.h"
@@ -113,7 +114,24 @@ int run(int argc, char** argv) {
     return 1;
   }
   verifier::Manager manager(**db, config.lifetimes);
-  if (config.createAdmin) {
+  // SPEC 11: PostgreSQL holds the users (the first owner too); nothing is written back to it
+  // yet, so the sliding refresh, which only a write-back makes real, is off.
+  const bool replicaMode = !config.postgres.empty();
+  if (replicaMode) config.lifetimes.refreshEnabled = false;
+  std::unique_ptr<replica::Replica> follower;
+  if (replicaMode) {
+    auto r = replica::startReplica(**db, config.postgres, config.dataDir, [&] {
+      sigset_t pending;
+      sigpending(&pending);
+      return sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1;
+    });
+    if (!r) {
+      log::error("Failed to start the PostgreSQL replica: {}", r.error().message);
+      return 1;
+    }
+    follower = std::move(*r);
+  }
+  if (config.createAdmin && !replicaMode) {
     if (auto r = createAdmin(manager); !r) {
       log::error("Failed to create the admin user: {}", r.error().message);
       return 1;
@@ -161,6 +179,7 @@ int run(int argc, char** argv) {
   (*server)->run();
 
   // Nothing new arrives now: commit what the workers saw, then leave.
+  if (follower) follower->stop();
   service.stop();
   ::unlink(config.socketPath.c_str());
   // The signal thread is still waiting if run() ended on its own: wake it.
