@@ -22,6 +22,7 @@
 #include "daemon/service.h"
 #include "daemon/session.h"
 #include "replica/start.h"
+#include "replica/status.h"
 #include "shm/cache.h"
 #include "verifier/catalog.h"
 #include "verifier/manage.h"
@@ -157,6 +158,11 @@ int run(int argc, char** argv) {
   SessionFactoryImpl factory(service, management,
                              SessionConfig{config.shmAllowUids, config.shmAllowGids},
                              config.loop.threads);
+  if (follower) {
+    const replica::ReplicaStats* stats = &follower->stats();
+    factory.setExtraMetrics([stats] { return replica::renderMetrics(*stats); });
+    factory.setNotReady([stats] { return replica::notReady(*stats); });
+  }
   auto server = Server::create(listener->get(), config.loop, factory);
   if (!server) {
     log::error("Failed to start the event loop: {}", server.error().message);
