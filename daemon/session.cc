@@ -189,13 +189,23 @@ class ProtocolSession final : public Session {
     } else if (path == "/healthz" && get) {
       appendStatusLine(out.bytes, 200);
       appendBody(out.bytes, req_.keepAlive, "text/plain; charset=utf-8", "ok\n");
+    } else if (path == "/readyz" && get) {
+      // Serving means the database is open and the cache mapped; a replica must also be current.
+      if (std::string why = f_.notReady(); why.empty()) {
+        appendStatusLine(out.bytes, 200);
+        appendBody(out.bytes, req_.keepAlive, "text/plain; charset=utf-8", "ready\n");
+      } else {
+        appendStatusLine(out.bytes, 503);
+        appendBody(out.bytes, req_.keepAlive, "text/plain; charset=utf-8", why + "\n");
+      }
     } else if (path == "/metrics" && get) {
       std::string body = f_.renderMetrics();
       appendStatusLine(out.bytes, 200);
       appendBody(out.bytes, req_.keepAlive, "text/plain; version=0.0.4; charset=utf-8", body);
     } else if (path.starts_with("/api/v2/")) {
       f_.management().handle(w_, req_, scratch_, out.bytes);
-    } else if (path == "/v1/verify" || path == "/healthz" || path == "/metrics") {
+    } else if (path == "/v1/verify" || path == "/healthz" || path == "/readyz" ||
+               path == "/metrics") {
       appendJsonError(out.bytes, 405, req_.keepAlive, "Method not allowed.", std::string(m));
     } else {
       appendJsonError(out.bytes, 404, req_.keepAlive, "Not found.", std::string(path));
@@ -436,6 +446,7 @@ std::string SessionFactoryImpl::renderMetrics() const {
   }
   gauge("tokend_cache_slots", "Slots in the shared-memory cache.", service_.cache().slotCount());
   gauge("tokend_database_map_bytes", "Size of the LMDB map.", service_.db().mapSize());
+  if (extraMetrics_) o += extraMetrics_();
   return o;
 }
 

@@ -4,7 +4,9 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "daemon/loop.h"
@@ -25,6 +27,11 @@ class SessionFactoryImpl final : public SessionFactory {
   std::unique_ptr<Session> open(int worker, const PeerCred& peer) override;
   // Set once the server exists, for /metrics.
   void setLoopStats(const LoopStats* stats) { loopStats_ = stats; }
+  // Hooks for a part the daemon runs beside the service (the PostgreSQL replica, SPEC 11): more
+  // /metrics text, and why /readyz answers 503 (empty: ready). Set before the server starts.
+  void setExtraMetrics(std::function<std::string()> f) { extraMetrics_ = std::move(f); }
+  void setNotReady(std::function<std::string()> f) { notReady_ = std::move(f); }
+  std::string notReady() const { return notReady_ ? notReady_() : std::string(); }
 
   Service& service() { return service_; }
   Management& management() { return management_; }
@@ -40,6 +47,8 @@ class SessionFactoryImpl final : public SessionFactory {
   SessionConfig config_;
   std::vector<std::unique_ptr<Service::Worker>> workers_;
   const LoopStats* loopStats_ = nullptr;
+  std::function<std::string()> extraMetrics_;
+  std::function<std::string()> notReady_;
   UniqueFd shmFd_;
 };
 
