@@ -12,6 +12,7 @@
 
 #include "tests/postgres/pg_helpers.h"
 #include "tests/support/daemon.h"
+#include "tests/support/http_client.h"
 
 using namespace tokend::test;
 using Clock = std::chrono::steady_clock;
@@ -231,9 +232,21 @@ TEST_SUITE("PostgresReplica") {
     for (auto& r : f.replicas)
       REQUIRE(waitFor([&] { return r->daemon->text(verifyLine(gone, "")) == "DENY expired 401"; }));
 
-    f.pg.stop("fast");
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
     for (auto& r : f.replicas) {
+      REQUIRE(waitFor(
+          [&] { return httpRequest(r->daemon->socket(), "GET", "/readyz").status == 200; }));
+    }
+    f.pg.stop("fast");
+    for (auto& r : f.replicas) {
+      // Not current: /readyz says so, /metrics too, and verification goes on from the copy.
+      CHECK(waitFor([&] {
+        HttpReply ready = httpRequest(r->daemon->socket(), "GET", "/readyz");
+        return ready.status == 503 &&
+               ready.body.find("not connected to PostgreSQL") != std::string::npos;
+      }));
+      HttpReply m = httpRequest(r->daemon->socket(), "GET", "/metrics");
+      CHECK(m.body.find("tokend_replica_connected 0\n") != std::string::npos);
+      CHECK(m.body.find("tokend_replica_current 0\n") != std::string::npos);
       CHECK(r->daemon->text(verifyLine(good, "")).rfind("OK ", 0) == 0);
       CHECK(fastAllowed(*r, good, ""));
       CHECK(r->daemon->text(verifyLine(gone, "")) == "DENY expired 401");
@@ -282,11 +295,47 @@ TEST_SUITE("PostgresReplica") {
       CHECK(r.daemon->log().find("Connected to PostgreSQL") != std::string::npos);
     }
     for (auto& r : f.replicas) {
+      CHECK(waitFor(
+          [&] { return httpRequest(r->daemon->socket(), "GET", "/readyz").status == 200; }));
+      HttpReply m = httpRequest(r->daemon->socket(), "GET", "/metrics");
+      CHECK(m.body.find("tokend_replica_connected 1\n") != std::string::npos);
+      CHECK(m.body.find("tokend_replica_reconnects_total 0\n") == std::string::npos);
+      CHECK(m.body.find("tokend_replica_changes_applied_total") != std::string::npos);
       const std::string log = r->daemon->log();
       size_t connects = 0;
       for (size_t p = 0; (p = log.find("Connected to PostgreSQL", p)) != std::string::npos; ++p)
         ++connects;
       CHECK(connects >= 2);
     }
+  }
+}
+
+TEST_SUITE("PostgresReplica") {
+  TEST_CASE("rows tokend cannot map grant nothing, are counted, and a fixed row serves again") {
+    PgCluster::skipUnlessAvailable();
+    Fleet f(1);
+    Daemon& d = *f.replicas[0]->daemon;
+    const std::string user = pgUser(f.pg, "alice");
+    PgToken shortHash = pgToken(f.pg, user), badScope = pgToken(f.pg, user),
+            badKind = pgToken(f.pg, user), badAllow = pgToken(f.pg, user);
+    f.pg.psqlOk("UPDATE api_keys SET hashed_secret = substring(hashed_secret for 20) WHERE id = '" +
+                shortHash.id + "'");
+    f.pg.psqlOk("UPDATE api_keys SET scopes = '{workspace:read,spaceship:fly}' WHERE id = '" +
+                badScope.id + "'");
+    f.pg.psqlOk("UPDATE api_keys SET login_type = 'oauth2_provider_app' WHERE id = '" + badKind.id +
+                "'");
+    f.pg.psqlOk("UPDATE api_keys SET allow_list = '{spaceship:*}' WHERE id = '" + badAllow.id +
+                "'");
+    for (const PgToken* t : {&shortHash, &badScope, &badKind, &badAllow})
+      CHECK(waitFor([&] { return d.text(verifyLine(*t, "")) == "DENY unknown 401"; }));
+    CHECK(waitFor([&] {
+      return httpRequest(d.socket(), "GET", "/metrics")
+                 .body.find("tokend_replica_rows_refused_total 4\n") != std::string::npos;
+    }));
+    CHECK(d.log().find("unknown login type \"oauth2_provider_app\"") != std::string::npos);
+    // A dormant user counts as active; fixing a row brings the token back.
+    f.pg.psqlOk("UPDATE users SET status = 'dormant' WHERE id = '" + user + "'");
+    f.pg.psqlOk("UPDATE api_keys SET scopes = '{workspace:read}' WHERE id = '" + badScope.id + "'");
+    CHECK(waitFor([&] { return d.text(verifyLine(badScope, "")).rfind("OK ", 0) == 0; }));
   }
 }
