@@ -140,7 +140,11 @@ Result<bool> Replica::loaded() {
   }
   auto users = (*reader)->users();
   if (!users) return users.error();
-  if (!users->empty() && !(*reader)->extMeta(kMetaEpoch)->has_value()) {
+  auto epoch = (*reader)->extMeta(kMetaEpoch);
+  if (!epoch) return epoch.error();
+  // An epoch without a watermark is a load cut short: load again. Users without either are a
+  // standalone database, which a replica must not overwrite.
+  if (!users->empty() && !*epoch) {
     return makeError(
         "the data dir holds a standalone key database (users that did not come from "
         "PostgreSQL): give --postgres a fresh --data-dir",
