@@ -199,6 +199,10 @@ ParseOutcome parseConfig(int argc, char** argv, Config& c, int& exitCode) {
       ->envname("TOKEND_LOG_LEVEL")
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}))
       ->capture_default_str();
+  app.add_option("--postgres", c.postgres,
+                 "Follow this PostgreSQL database (libpq conninfo or URI): a replica of its users "
+                 "and api_keys (SPEC 11)")
+      ->envname("TOKEND_POSTGRES");
   bool noAdmin = false;
   app.add_flag("--no-admin", noAdmin, "Do not create the admin user on a fresh data dir");
   app.add_flag("--allow-core-dumps", c.allowCoreDumps,

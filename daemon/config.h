@@ -34,6 +34,8 @@ struct Config {
   bool createAdmin = true;        // a fresh data dir gets an owner "admin" and a first token
   bool allowCoreDumps = false;    // off: PR_SET_DUMPABLE 0 and RLIMIT_CORE 0 (memory holds keys)
   std::string logLevel = "info";
+  // SPEC 11: a libpq conninfo; set, tokend is a replica of that PostgreSQL database.
+  std::string postgres;
 };
 
 enum class ParseOutcome { Run, Exit };

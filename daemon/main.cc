@@ -27,6 +27,8 @@
 #include "daemon/service.h"
 #include "daemon/session.h"
 #include "daemon/tcp_listen.h"
+#include "replica/start.h"
+#include "replica/status.h"
 #include "shm/cache.h"
 #include "verifier/catalog.h"
 #include "verifier/manage.h"
@@ -284,7 +286,24 @@ int run(int argc, char** argv) {
     return 1;
   }
   verifier::Manager manager(**db, config.lifetimes);
-  if (config.createAdmin) {
+  // SPEC 11: PostgreSQL holds the users (the first owner too); nothing is written back to it
+  // yet, so the sliding refresh, which only a write-back makes real, is off.
+  const bool replicaMode = !config.postgres.empty();
+  if (replicaMode) config.lifetimes.refreshEnabled = false;
+  std::unique_ptr<replica::Replica> follower;
+  if (replicaMode) {
+    auto r = replica::startReplica(**db, config.postgres, config.dataDir, [&] {
+      sigset_t pending;
+      sigpending(&pending);
+      return sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1;
+    });
+    if (!r) {
+      log::error("Failed to start the PostgreSQL replica: {}", r.error().message);
+      return 1;
+    }
+    follower = std::move(*r);
+  }
+  if (config.createAdmin && !replicaMode) {
     if (auto r = createAdmin(manager, config.dataDir); !r) {
       log::error("Failed to create the admin user: {}", r.error().message);
       return 1;
@@ -334,6 +353,11 @@ int run(int argc, char** argv) {
       service, management,
       SessionConfig{config.shmAllowUids, config.shmAllowGids, std::move(*routeRules)},
       config.loop.threads);
+  if (follower) {
+    const replica::ReplicaStats* stats = &follower->stats();
+    factory.setExtraMetrics([stats] { return replica::renderMetrics(*stats); });
+    factory.setNotReady([stats] { return replica::notReady(*stats); });
+  }
   auto server = Server::create(listeners, config.loop, factory);
   if (!server) {
     log::error("Failed to start the event loop: {}", server.error().message);
@@ -358,6 +382,7 @@ int run(int argc, char** argv) {
   (*server)->run();
 
   // Nothing new arrives now: commit what the workers saw, then leave.
+  if (follower) follower->stop();
   service.stop();
   ::unlink(config.socketPath.c_str());
   // The signal thread is still waiting if run() ended on its own: wake it.

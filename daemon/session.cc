@@ -469,14 +469,15 @@ bool SessionFactoryImpl::shmAllowed(const PeerCred& peer) const {
 }
 
 std::string SessionFactoryImpl::notReady() const {
-  // SPEC 7: ready when it can answer correctly: the key database reads, the cache is mapped.
+  // SPEC 7: ready when it can answer correctly: the key database reads, the cache is mapped, and
+  // (SPEC 11) a replica is current.
   if (service_.cache().slotCount() == 0) return "the shared-memory cache is not mapped";
   auto reader = service_.db().reader();
   if (!reader) return "the key database cannot be read: " + reader.error().message;
   if (auto b = (*reader)->begin(); !b)
     return "the key database cannot be read: " + b.error().message;
   (*reader)->end();
-  return {};
+  return notReady_ ? notReady_() : std::string();
 }
 
 std::string SessionFactoryImpl::renderMetrics() const {
@@ -586,6 +587,7 @@ std::string SessionFactoryImpl::renderMetrics() const {
   }
   gauge("tokend_cache_slots", "Slots in the shared-memory cache.", service_.cache().slotCount());
   gauge("tokend_database_map_bytes", "Size of the LMDB map.", service_.db().mapSize());
+  if (extraMetrics_) o += extraMetrics_();
   return o;
 }
 

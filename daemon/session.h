@@ -4,7 +4,9 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "daemon/introspect.h"
@@ -31,6 +33,10 @@ class SessionFactoryImpl final : public SessionFactory {
   // Set once before the server runs, for POST /v1/introspect (absent: 404).
   void setIntrospector(Introspector* introspector) { introspector_ = introspector; }
   Introspector* introspector() const { return introspector_; }
+  // Hooks for a part the daemon runs beside the service (the PostgreSQL replica, SPEC 11): more
+  // /metrics text, and why /readyz answers 503 (empty: ready). Set before the server starts.
+  void setExtraMetrics(std::function<std::string()> f) { extraMetrics_ = std::move(f); }
+  void setNotReady(std::function<std::string()> f) { notReady_ = std::move(f); }
 
   Service& service() { return service_; }
   Management& management() { return management_; }
@@ -53,6 +59,8 @@ class SessionFactoryImpl final : public SessionFactory {
   std::unique_ptr<Service::Worker> writerWorker_;
   const LoopStats* loopStats_ = nullptr;
   Introspector* introspector_ = nullptr;
+  std::function<std::string()> extraMetrics_;
+  std::function<std::string()> notReady_;
   UniqueFd shmFd_;
 };
 

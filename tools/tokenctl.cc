@@ -17,6 +17,7 @@
 #include "tools/ctl_import.h"
 #include "verifier/keydb.h"
 #include "verifier/token.h"
+#include "tools/ctl_postgres.h"
 
 namespace tokend::tools {
 namespace {
@@ -32,6 +33,7 @@ struct Options {
   std::string socket;
   std::string token;
   std::string output;
+  std::string postgres;
 };
 
 std::string envOr(const char* name) {
@@ -200,6 +202,9 @@ int main(int argc, char** argv) {
          "Operator mode: the cap on the key database's size (K, M, G, T), as tokend's; stored in "
          "the database for every process (without it, the stored cap holds)")
       ->envname("TOKEND_MAX_DB_SIZE");
+  o.postgres = envOr("TOKEND_POSTGRES");
+  app.add_option("--postgres", o.postgres,
+                 "PostgreSQL mode (SPEC 11): a libpq conninfo or URI (env TOKEND_POSTGRES)");
 
   // users
   auto* users = app.add_subcommand("users", "Manage users");
@@ -299,6 +304,9 @@ int main(int argc, char** argv) {
   ImportCommand import;
   addImportCommand(app, import);
 
+  DbCommand db;
+  addDbCommand(app, db);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -348,6 +356,15 @@ int main(int argc, char** argv) {
                "--token-file FILE, and name a token to view or remove by its id or name\n");
   }
 
+  if (db.command->parsed()) {
+    if (o.postgres.empty()) {
+      fmt::print(stderr,
+                 "tokenctl: db works on PostgreSQL: name it with --postgres CONNINFO (or "
+                 "TOKEND_POSTGRES)\n");
+      return kExitUsage;
+    }
+    return runDb(o.postgres, db);
+  }
   if (o.db.empty() && o.socket.empty()) {
     fmt::print(stderr,
                "tokenctl: name the database with --db DIR (or TOKEND_DB), or the daemon with "

@@ -145,6 +145,15 @@ int Txn::get(MDB_dbi dbi, std::string_view key, MDB_val& value) {
   return mdb_get(txn_, dbi, &k, &value);
 }
 
+Result<std::optional<std::string_view>> Txn::extMeta(std::string_view key) {
+  if (key.substr(0, 4) != "ext.") return makeError("meta key " + quoted(key) + " is not ext.*");
+  MDB_val v;
+  int rc = get(db_.meta_, key, v);
+  if (rc == MDB_NOTFOUND) return std::optional<std::string_view>();
+  if (rc != 0) return mdbError("read meta " + quoted(key), rc);
+  return std::optional<std::string_view>(view(v));
+}
+
 uint64_t Txn::snapshotId() {
   // A write transaction's id is the one it will commit as; it sees the one before.
   uint64_t id = mdb_txn_id(txn_);
@@ -382,6 +391,14 @@ void Writer::abort() {
   txn_ = nullptr;
   live_ = false;
   done_ = true;
+}
+
+Result<void> Writer::putExtMeta(std::string_view key, std::optional<std::string_view> value) {
+  if (auto r = usable("write meta"); !r) return r;
+  if (key.substr(0, 4) != "ext.") return makeError("meta key " + quoted(key) + " is not ext.*");
+  int rc = value ? put(db_.meta_, key, *value) : del(db_.meta_, key);
+  if (rc != 0) return failed(rc, "write meta " + quoted(key));
+  return {};
 }
 
 int Writer::put(MDB_dbi dbi, std::string_view key, std::string_view value) {

@@ -105,6 +105,10 @@ class Txn {
   // Changes committed after txn id `since`, up to this transaction's snapshot. `gap` also when
   // `since` is newer than the snapshot (the database was replaced under the follower).
   Result<Changes> changesSince(uint64_t since);
+  // A value another module keeps in the meta database (the PostgreSQL replica's watermark),
+  // under a key that must begin with "ext."; nullopt when absent. The view lives as the
+  // transaction does.
+  Result<std::optional<std::string_view>> extMeta(std::string_view key);
   MDB_txn* raw() { return txn_; }
 
  protected:
@@ -162,6 +166,9 @@ class Writer : public Txn {
   // write expects to add) is left below the cap (never-used pages plus LMDB's free list), so
   // that a full database still takes deletes, expiries and write-backs, which free space.
   Result<void> requireRoom(size_t bytes = 0);
+  // Writes (or, with nullopt, deletes) an "ext." meta value in this transaction, so that it
+  // commits atomically with the records written beside it.
+  Result<void> putExtMeta(std::string_view key, std::optional<std::string_view> value);
   // update() commits after `fn` returns; call this only to see a commit error inside `fn`.
   // Refused after a failed write in this transaction (LMDB may have applied part of it).
   Result<void> commit();

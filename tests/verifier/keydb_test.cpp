@@ -873,4 +873,39 @@ TEST_SUITE("KeyDb") {
     r->end();
     CHECK(db->lastTxnId() == txn);
   }
+
+  TEST_CASE("ext meta values commit or abort with the records beside them, and only ext.* keys") {
+    TempDir tmp;
+    auto db = openDb(tmp.path);
+    UserRecord u = makeUser("alice");
+    require(db->update([&](Writer& w) -> Result<void> {
+      if (auto p = w.putUser(u); !p) return p;
+      return w.putExtMeta("ext.pg.snapshot", std::string_view("10:12:11"));
+    }));
+    // A failed transaction leaves neither its records nor its meta value.
+    auto failed = db->update([&](Writer& w) -> Result<void> {
+      if (auto p = w.putExtMeta("ext.pg.snapshot", std::string_view("20:20:")); !p) return p;
+      if (auto p = w.putUser(makeUser("bob")); !p) return p;
+      return makeError("refused");
+    });
+    CHECK_FALSE(failed);
+    auto r = readerOf(*db);
+    REQUIRE(r->begin());
+    auto v = r->extMeta("ext.pg.snapshot");
+    REQUIRE(v);
+    REQUIRE(*v);
+    CHECK(**v == "10:12:11");
+    CHECK(r->userByName("bob")->has_value() == false);
+    CHECK_FALSE(r->extMeta("schema"));  // the database's own keys are not reachable
+    auto absent = r->extMeta("ext.none");
+    REQUIRE(absent);
+    CHECK_FALSE(*absent);
+    r->end();
+    auto refused = db->update([&](Writer& w) { return w.putExtMeta("schema", std::nullopt); });
+    CHECK_FALSE(refused);
+    require(db->update([&](Writer& w) { return w.putExtMeta("ext.pg.snapshot", std::nullopt); }));
+    REQUIRE(r->begin());
+    CHECK_FALSE(r->extMeta("ext.pg.snapshot")->has_value());
+    r->end();
+  }
 }

@@ -1,0 +1,593 @@
+// The replica: snapshot load, the snapshot-diff poll, apply, reconnect.
+#include "replica/replica.h"
+
+#include <pthread.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <map>
+#include <random>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "base/uuid.h"
+#include "replica/pg.h"
+#include "replica/rows.h"
+#include "replica/schema.h"
+
+namespace tokend::replica {
+
+using namespace tokend::verifier;
+
+namespace {
+
+constexpr const char* kMetaSnapshot = "ext.pg.snapshot";
+constexpr const char* kMetaEpoch = "ext.pg.epoch";
+constexpr size_t kMaxLogged = 100000;
+constexpr int kFetchRows = 10000;
+
+// The columns read, as text: 7 for users, 12 for api_keys (see PgUserRow, PgTokenRow).
+constexpr const char* kUserCols =
+    "u.id::text, u.username, array_to_json(u.rbac_roles::text[])::text, u.status::text, "
+    "u.deleted::text, tokend.us(u.created_at)::text, tokend.us(u.updated_at)::text";
+constexpr const char* kTokenCols =
+    "k.id, encode(k.hashed_secret, 'hex'), k.user_id::text, k.login_type::text, k.token_name, "
+    "array_to_json(k.scopes::text[])::text, array_to_json(k.allow_list::text[])::text, "
+    "tokend.us(k.created_at)::text, tokend.us(k.expires_at)::text, k.lifetime_seconds::text, "
+    "tokend.us(k.last_used)::text, tokend.us(k.updated_at)::text";
+
+// One statement, so one snapshot (READ COMMITTED: the statement's): the new watermark
+// (pg_current_snapshot() is that very snapshot) and the current rows of every key that a
+// transaction committed after the previous watermark $1 touched: visible now, not visible in $1.
+// Plus every token of a changed user, so that a user coming back (undeleted, a refused row
+// fixed) brings their tokens with them. Columns: kind, key, present, then 12 data columns.
+std::string pollSql() {
+  const std::string n5 = "NULL, NULL, NULL, NULL, NULL";
+  return std::string(R"sql(
+WITH c AS MATERIALIZED (
+  SELECT DISTINCT tbl, key FROM tokend.changelog
+  WHERE xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot))
+SELECT 's'::text, pg_current_snapshot()::text, 'true'::text, v.epoch::text, v.pruned_below::text,
+       v.version::text, )sql") +
+         n5 + ", NULL, NULL, NULL, NULL FROM tokend.schema_version v" +
+         "\nUNION ALL SELECT 'u', c.key, (u.id IS NOT NULL)::text, " + kUserCols + ", " + n5 +
+         " FROM c LEFT JOIN users u ON u.id = CASE WHEN c.tbl = 'u' THEN c.key::uuid END"
+         " WHERE c.tbl = 'u'" +
+         "\nUNION ALL SELECT 'k', c.key, (k.id IS NOT NULL)::text, " + kTokenCols +
+         " FROM c LEFT JOIN api_keys k ON k.id = c.key WHERE c.tbl = 'k'" +
+         "\nUNION ALL SELECT 'k', k.id, 'true', " + kTokenCols +
+         " FROM c JOIN api_keys k ON k.user_id = CASE WHEN c.tbl = 'u' THEN c.key::uuid END"
+         " WHERE c.tbl = 'u'" +
+         "\nUNION ALL SELECT '*', c.key, 'false', " + n5 + ", " + n5 +
+         ", NULL, NULL FROM c WHERE c.tbl = '*'";
+}
+
+int64_t num(const PGresult* r, int row, int col) {
+  return std::strtoll(PQgetvalue(r, row, col), nullptr, 10);
+}
+
+PgUserRow userRow(const PGresult* r, int row, int c) {
+  PgUserRow u;
+  u.id = pgText(r, row, c);
+  u.username = pgText(r, row, c + 1);
+  u.rolesJson = pgText(r, row, c + 2);
+  u.status = pgText(r, row, c + 3);
+  u.deleted = pgText(r, row, c + 4) == "true";
+  u.createdUs = num(r, row, c + 5);
+  u.updatedUs = num(r, row, c + 6);
+  return u;
+}
+
+PgTokenRow tokenRow(const PGresult* r, int row, int c) {
+  PgTokenRow t;
+  t.id = pgText(r, row, c);
+  t.hashHex = pgText(r, row, c + 1);
+  t.userId = pgText(r, row, c + 2);
+  t.loginType = pgText(r, row, c + 3);
+  t.name = pgText(r, row, c + 4);
+  t.scopesJson = pgText(r, row, c + 5);
+  t.allowJson = pgText(r, row, c + 6);
+  t.createdUs = num(r, row, c + 7);
+  t.expiresUs = num(r, row, c + 8);
+  t.lifetimeSeconds = num(r, row, c + 9);
+  t.lastUsedUs = num(r, row, c + 10);
+  t.updatedUs = num(r, row, c + 11);
+  return t;
+}
+
+// The xmin of a pg_snapshot's text form "xmin:xmax:xip,...".
+uint64_t snapshotXmin(const std::string& snap) {
+  return std::strtoull(snap.c_str(), nullptr, 10);
+}
+
+int64_t nowUs() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+// One poll's answer, keyed so that a key named twice (a token changed and its user too) is
+// applied once. nullopt: the row is gone.
+struct PollRows {
+  std::string snapshot, epoch;
+  uint64_t prunedBelow = 0;
+  bool reload = false;  // a TRUNCATE: only a full load can say what is left
+  std::map<std::string, std::optional<PgUserRow>> users;
+  std::map<std::string, std::optional<PgTokenRow>> tokens;
+};
+
+Replica::Replica(KeyDb& db, ReplicaOptions options)
+    : db_(db), options_(std::move(options)), conn_(std::make_unique<PgConn>()) {}
+
+Replica::~Replica() {
+  stop();
+}
+
+Result<bool> Replica::loaded() {
+  auto reader = db_.reader();
+  if (!reader) return reader.error();
+  if (auto b = (*reader)->begin(); !b) return b.error();
+  auto snap = (*reader)->extMeta(kMetaSnapshot);
+  if (!snap) return snap.error();
+  if (*snap) {
+    snapshot_ = **snap;
+    auto epoch = (*reader)->extMeta(kMetaEpoch);
+    if (!epoch) return epoch.error();
+    epoch_ = epoch->value_or("");
+    return true;
+  }
+  auto users = (*reader)->users();
+  if (!users) return users.error();
+  auto epoch = (*reader)->extMeta(kMetaEpoch);
+  if (!epoch) return epoch.error();
+  // An epoch without a watermark is a load cut short: load again. Users without either are a
+  // standalone database, which a replica must not overwrite.
+  if (!users->empty() && !*epoch) {
+    return makeError(
+        "the data dir holds a standalone key database (users that did not come from "
+        "PostgreSQL): give --postgres a fresh --data-dir",
+        -EEXIST);
+  }
+  return false;
+}
+
+void Replica::refuse(const std::string& what, const std::string& key, const std::string& why) {
+  stats_.rowsRefused.fetch_add(1, std::memory_order_relaxed);
+  if (logged_.size() < kMaxLogged && logged_.insert(what + key + why).second) {
+    log::warn("PostgreSQL {} {} grants nothing here: {}", what, key, why);
+  }
+}
+
+Result<void> Replica::connect() {
+  auto c = PgConn::connect(options_.conninfo);
+  if (!c) return c.error();
+  if (auto s = checkSchema(*c); !s) return s.error();
+  *conn_ = std::move(*c);
+  (void)conn_->exec("SET application_name = 'tokend replica'");
+  return {};
+}
+
+Result<void> Replica::load() {
+  if (!conn_->ok()) {
+    if (auto c = connect(); !c) return c;
+  } else {
+    (void)conn_->exec("ROLLBACK");  // a load cut short left its transaction open
+  }
+  return fullLoad();
+}
+
+Result<void> Replica::fullLoad() {
+  const auto started = std::chrono::steady_clock::now();
+  PgConn& c = *conn_;
+  // One REPEATABLE READ transaction: every row read and the snapshot stored are one state.
+  auto begin = c.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", options_.queryTimeoutMs);
+  if (!begin) return begin.error();
+  auto head = c.exec("SELECT pg_current_snapshot()::text, epoch::text FROM tokend.schema_version",
+                     options_.queryTimeoutMs);
+  if (!head) return head.error();
+  const std::string snapshot(pgText(head->get(), 0, 0)), epoch(pgText(head->get(), 0, 1));
+
+  bool fresh = true;
+  {
+    auto reader = db_.reader();
+    if (!reader) return reader.error();
+    if (auto b = (*reader)->begin(); !b) return b.error();
+    auto users = (*reader)->users();
+    if (!users) return users.error();
+    fresh = users->empty();
+  }
+  // The old watermark goes first: a load cut short must start again, not resume from it.
+  if (auto r = db_.update([&](Writer& w) -> Result<void> {
+        if (auto p = w.putExtMeta(kMetaSnapshot, std::nullopt); !p) return p;
+        return w.putExtMeta(kMetaEpoch, epoch);
+      });
+      !r)
+    return r.error();
+
+  std::unordered_set<std::string> seenUsers, seenTokens;
+  size_t users = 0, tokens = 0;
+  // Users, streamed through a cursor, each batch one LMDB transaction.
+  if (auto r = c.exec(std::string("DECLARE tokend_u NO SCROLL CURSOR FOR SELECT ") + kUserCols +
+                          " FROM users u ORDER BY u.id",
+                      options_.queryTimeoutMs);
+      !r)
+    return r.error();
+  for (;;) {
+    auto batch =
+        c.exec("FETCH " + std::to_string(kFetchRows) + " FROM tokend_u", options_.queryTimeoutMs);
+    if (!batch) return batch.error();
+    const PGresult* p = batch->get();
+    const int n = PQntuples(p);
+    if (n == 0) break;
+    std::vector<std::pair<std::string, std::string>> refused;
+    auto r = db_.update([&](Writer& w) -> Result<void> {
+      refused.clear();
+      for (int i = 0; i < n; ++i) {
+        PgUserRow row = userRow(p, i, 0);
+        auto m = mapUser(row);
+        if (!m.record) {
+          if (!m.refused.empty()) refused.emplace_back(row.id, m.refused);
+          continue;
+        }
+        if (!m.dropped.empty()) refused.emplace_back(row.id, "unknown roles " + m.dropped);
+        auto put = w.putUser(*m.record);
+        if (!put && put.error().code == -EEXIST && !fresh) {
+          // The name's local holder has another name (or is gone) in this snapshot, and comes
+          // later in id order: drop it now, it is written again when its row comes.
+          auto holder = w.userByName(m.record->username);
+          if (!holder) return holder.error();
+          if (*holder) {
+            if (auto d = w.deleteUser((*holder)->id); !d) return d;
+          }
+          put = w.putUser(*m.record);
+        }
+        if (!put) return put;
+        seenUsers.insert(row.id);
+      }
+      return {};
+    });
+    if (!r) return r.error();
+    for (auto& [key, why] : refused) refuse("user", key, why);
+    users += static_cast<size_t>(n);
+  }
+  (void)c.exec("CLOSE tokend_u");
+
+  // Tokens in byte order of their ids (COLLATE "C": LMDB's order), so that a fresh load appends.
+  if (auto r = c.exec(std::string("DECLARE tokend_k NO SCROLL CURSOR FOR SELECT ") + kTokenCols +
+                          " FROM api_keys k ORDER BY k.id COLLATE \"C\"",
+                      options_.queryTimeoutMs);
+      !r)
+    return r.error();
+  for (;;) {
+    auto batch =
+        c.exec("FETCH " + std::to_string(kFetchRows) + " FROM tokend_k", options_.queryTimeoutMs);
+    if (!batch) return batch.error();
+    const PGresult* p = batch->get();
+    const int n = PQntuples(p);
+    if (n == 0) break;
+    std::vector<std::pair<std::string, std::string>> refused;
+    std::vector<TokenRecord> records;
+    std::vector<std::string> encoded;
+    auto r = db_.update([&](Writer& w) -> Result<void> {
+      refused.clear();
+      records.clear();
+      for (int i = 0; i < n; ++i) {
+        PgTokenRow row = tokenRow(p, i, 0);
+        auto m = mapToken(row);
+        if (!m.record) {
+          refused.emplace_back(row.id, m.refused);
+          continue;
+        }
+        auto user = w.user(m.record->userId);
+        if (!user) return user.error();
+        if (!*user) {
+          refused.emplace_back(row.id, "its user " + row.userId + " is deleted or not replicated");
+          continue;
+        }
+        records.push_back(std::move(*m.record));
+      }
+      if (fresh) {
+        encoded.clear();
+        std::vector<NewTokenRef> refs;
+        for (const TokenRecord& t : records) encoded.push_back(encodeToken(t));
+        for (size_t i = 0; i < records.size(); ++i) {
+          const TokenRecord& t = records[i];
+          refs.push_back(NewTokenRef{
+              t.id, encoded[i], &t.userId,
+              t.loginType == LoginType::Token ? std::string_view(t.name) : std::string_view()});
+        }
+        size_t failedAt = 0;
+        return w.insertNewTokens(refs, failedAt);
+      }
+      for (const TokenRecord& t : records) {
+        auto put = w.putToken(t);
+        if (!put && put.error().code == -EEXIST) {
+          // A later token holds the name locally; it is written again when its row comes.
+          auto holder = w.tokenByName(t.userId, t.name);
+          if (!holder) return holder.error();
+          if (*holder) {
+            if (auto d = w.deleteToken((*holder)->id); !d) return d;
+          }
+          put = w.putToken(t);
+        }
+        if (!put) return put;
+      }
+      return {};
+    });
+    if (!r) return r.error();
+    for (const TokenRecord& t : records) seenTokens.insert(t.id);
+    for (auto& [key, why] : refused) refuse("token", key, why);
+    tokens += static_cast<size_t>(n);
+  }
+  (void)c.exec("CLOSE tokend_k");
+  if (auto r = c.exec("COMMIT", options_.queryTimeoutMs); !r) return r.error();
+
+  // What the snapshot does not hold goes; then the watermark, in the same transaction.
+  auto r = db_.update([&](Writer& w) -> Result<void> {
+    if (!fresh) {
+      auto all = w.users();
+      if (!all) return all.error();
+      for (const UserRecord& u : *all) {
+        if (seenUsers.count(u.id.toString())) continue;
+        if (auto d = w.deleteUser(u.id); !d) return d;
+      }
+      auto toks = w.tokens(std::nullopt);
+      if (!toks) return toks.error();
+      for (const TokenRecord& t : *toks) {
+        if (seenTokens.count(t.id)) continue;
+        if (auto d = w.deleteToken(t.id); !d) return d;
+      }
+    }
+    if (auto p = w.putExtMeta(kMetaEpoch, epoch); !p) return p;
+    return w.putExtMeta(kMetaSnapshot, snapshot);
+  });
+  if (!r) return r.error();
+  snapshot_ = snapshot;
+  epoch_ = epoch;
+  stats_.fullLoads.fetch_add(1, std::memory_order_relaxed);
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  log::info("Loaded PostgreSQL's snapshot {}: {} users, {} tokens in {:.2f} s", snapshot, users,
+            tokens, secs);
+  return {};
+}
+
+Result<void> Replica::poll() {
+  static const std::string sql = pollSql();
+  auto res = conn_->execParams(sql, {snapshot_}, options_.queryTimeoutMs);
+  if (!res) return res.error();
+  stats_.polls.fetch_add(1, std::memory_order_relaxed);
+  const PGresult* p = res->get();
+  PollRows rows;
+  for (int i = 0; i < PQntuples(p); ++i) {
+    const std::string_view kind = pgText(p, i, 0);
+    std::string key(pgText(p, i, 1));
+    const bool present = pgText(p, i, 2) == "true";
+    if (kind == "s") {
+      rows.snapshot = key;
+      rows.epoch = pgText(p, i, 3);
+      rows.prunedBelow = std::strtoull(PQgetvalue(p, i, 4), nullptr, 10);
+    } else if (kind == "u") {
+      rows.users[key] = present ? std::optional(userRow(p, i, 3)) : std::nullopt;
+    } else if (kind == "k") {
+      rows.tokens[key] = present ? std::optional(tokenRow(p, i, 3)) : std::nullopt;
+    } else if (kind == "*") {
+      rows.reload = true;
+    }
+  }
+  if (rows.snapshot.empty()) return makeError("tokend.schema_version has no row: run db init");
+  // Another database, a restored one, or a change log pruned past what this copy needs: the
+  // diff cannot say what changed, only a full load can.
+  if (rows.epoch != epoch_ || rows.prunedBelow > snapshotXmin(snapshot_) || rows.reload) {
+    log::warn(
+        "PostgreSQL's change log cannot bring this copy up to date ({}): loading a full "
+        "snapshot",
+        rows.reload            ? "a table was truncated"
+        : rows.epoch != epoch_ ? "another database or a restored one"
+                               : "pruned past this copy's watermark");
+    return fullLoad();
+  }
+  return apply(rows);
+}
+
+Result<void> Replica::apply(const PollRows& rows) {
+  std::vector<std::pair<std::string, std::string>> refusedUsers, refusedTokens;
+  size_t changed = 0;
+  auto r = db_.update([&](Writer& w) -> Result<void> {
+    refusedUsers.clear();
+    refusedTokens.clear();
+    changed = 0;
+    // Users first: a token needs its user.
+    std::map<std::string, UserRecord> puts;
+    for (const auto& [key, row] : rows.users) {
+      Mapped<UserRecord> m;
+      if (row) m = mapUser(*row);
+      if (m.record) {
+        if (!m.dropped.empty()) refusedUsers.emplace_back(key, "unknown roles " + m.dropped);
+        puts.emplace(key, std::move(*m.record));
+        continue;
+      }
+      if (!m.refused.empty()) refusedUsers.emplace_back(key, m.refused);
+      auto id = Uuid::parse(key);
+      if (!id) continue;
+      auto old = w.user(*id);
+      if (!old) return old.error();
+      if (*old) {
+        if (auto d = w.deleteUser(*id); !d) return d;
+        ++changed;
+      }
+    }
+    // A username moves between users in one transaction (a rename, a swap): the name's holder is
+    // itself in this batch (names are unique in PostgreSQL), so it is dropped and written again;
+    // its tokens are in this batch too (every token of a changed user is).
+    std::vector<std::string> order;
+    for (const auto& [key, u] : puts) order.push_back(key);
+    for (size_t i = 0, rounds = 0; i < order.size() && rounds < 4 * puts.size() + 4;
+         ++i, ++rounds) {
+      const UserRecord& u = puts.at(order[i]);
+      auto put = w.putUser(u);
+      if (!put && put.error().code == -EEXIST) {
+        auto holder = w.userByName(u.username);
+        if (!holder) return holder.error();
+        if (*holder) {
+          if (auto d = w.deleteUser((*holder)->id); !d) return d;
+          if (puts.count((*holder)->id.toString())) order.push_back((*holder)->id.toString());
+        }
+        put = w.putUser(u);
+      }
+      if (!put) return put;
+      ++changed;
+    }
+    std::map<std::string, TokenRecord> tokenPuts;
+    for (const auto& [key, row] : rows.tokens) {
+      Mapped<TokenRecord> m;
+      if (row) m = mapToken(*row);
+      if (m.record) {
+        auto user = w.user(m.record->userId);
+        if (!user) return user.error();
+        if (*user) {
+          tokenPuts.emplace(key, std::move(*m.record));
+          continue;
+        }
+        m.refused = "its user " + row->userId + " is deleted or not replicated";
+      }
+      if (!m.refused.empty()) refusedTokens.emplace_back(key, m.refused);
+      auto old = w.token(key);
+      if (!old) return old.error();
+      if (*old) {
+        if (auto d = w.deleteToken(key); !d) return d;
+        ++changed;
+      }
+    }
+    std::vector<std::string> order2;
+    for (const auto& [key, t] : tokenPuts) order2.push_back(key);
+    for (size_t i = 0, rounds = 0; i < order2.size() && rounds < 4 * tokenPuts.size() + 4;
+         ++i, ++rounds) {
+      const TokenRecord& t = tokenPuts.at(order2[i]);
+      auto put = w.putToken(t);
+      if (!put && put.error().code == -EEXIST) {
+        auto holder = w.tokenByName(t.userId, t.name);
+        if (!holder) return holder.error();
+        if (*holder) {
+          if (auto d = w.deleteToken((*holder)->id); !d) return d;
+          if (tokenPuts.count((*holder)->id)) order2.push_back((*holder)->id);
+        }
+        put = w.putToken(t);
+      }
+      if (!put) return put;
+      ++changed;
+    }
+    return w.putExtMeta(kMetaSnapshot, rows.snapshot);
+  });
+  if (!r) return r.error();
+  snapshot_ = rows.snapshot;
+  for (auto& [key, why] : refusedUsers) refuse("user", key, why);
+  for (auto& [key, why] : refusedTokens) refuse("token", key, why);
+  stats_.changesApplied.fetch_add(changed, std::memory_order_relaxed);
+  return {};
+}
+
+void Replica::report() {
+  const int64_t now = nowUs();
+  const uint64_t changes = stats_.changesApplied.load(std::memory_order_relaxed);
+  // Cheap: a write only when something was applied since the last one (at most once per
+  // interval), else once a minute to say the replica is alive.
+  if (changes == reportedChanges_ && now - reportedAtUs_ < 60'000'000) return;
+  if (now - reportedAtUs_ < int64_t{options_.reportIntervalMs} * 1000) return;
+  auto r = conn_->execParams(
+      "INSERT INTO tokend.replicas (name, snapshot, applied_at, changes_applied, rows_refused) "
+      "VALUES ($1, $2, now(), $3, $4) ON CONFLICT (name) DO UPDATE SET snapshot = "
+      "EXCLUDED.snapshot, applied_at = EXCLUDED.applied_at, changes_applied = "
+      "EXCLUDED.changes_applied, rows_refused = EXCLUDED.rows_refused",
+      {options_.name, snapshot_, std::to_string(changes),
+       std::to_string(stats_.rowsRefused.load(std::memory_order_relaxed))},
+      options_.queryTimeoutMs);
+  if (!r) {
+    log::warn("Failed to record this replica's position in tokend.replicas: {}", r.error().message);
+  }
+  reportedAtUs_ = now;
+  reportedChanges_ = changes;
+}
+
+bool Replica::sleepFor(int ms) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, std::chrono::milliseconds(ms), [&] { return stopping_.load(); });
+  return !stopping_;
+}
+
+void Replica::run() {
+  pthread_setname_np(pthread_self(), "tokend-replica");
+  std::mt19937 rng(std::random_device{}());
+  int backoffMs = 0;
+  bool everConnected = conn_->ok();
+  bool failing = false;
+  while (!stopping_) {
+    if (!conn_->ok()) {
+      stats_.connected.store(false, std::memory_order_relaxed);
+      stats_.current.store(false, std::memory_order_relaxed);
+      if (auto c = connect(); !c) {
+        // Backoff with jitter: 100 ms doubling to 5 s, each wait drawn from [half, whole], so a
+        // fleet that lost PostgreSQL together does not come back in step.
+        backoffMs = std::min(5000, std::max(100, backoffMs * 2));
+        if (!failing) {
+          log::warn("Failed to reach PostgreSQL (verifying from the local copy; retrying): {}",
+                    c.error().message);
+          failing = true;
+        }
+        sleepFor(std::uniform_int_distribution<int>(backoffMs / 2, backoffMs)(rng));
+        continue;
+      }
+      if (everConnected) stats_.reconnects.fetch_add(1, std::memory_order_relaxed);
+      everConnected = true;
+      failing = false;
+      backoffMs = 0;
+      stats_.connected.store(true, std::memory_order_relaxed);
+      log::info("Connected to PostgreSQL (backend pid {}); catching up from snapshot {}",
+                conn_->backendPid(), snapshot_);
+    }
+    stats_.connected.store(true, std::memory_order_relaxed);
+    if (auto p = poll(); !p) {
+      const bool lost = !conn_->ok();
+      const bool wasCurrent = stats_.current.exchange(false, std::memory_order_relaxed);
+      if (wasCurrent || lost || !failing) {
+        failing = true;
+        log::warn("Failed to follow PostgreSQL (verifying from the local copy): {}",
+                  p.error().message);
+      }
+      if (!lost) {
+        // The connection is fine but the poll or its apply failed (a full disk): the watermark
+        // did not move, so the next poll brings the same changes again.
+        (void)conn_->exec("ROLLBACK");
+        sleepFor(200);
+      }
+      continue;
+    }
+    failing = false;
+    stats_.currentAtUs.store(nowUs(), std::memory_order_relaxed);
+    if (!stats_.current.exchange(true, std::memory_order_relaxed)) {
+      log::info("Replica is current with PostgreSQL (snapshot {})", snapshot_);
+    }
+    report();
+    sleepFor(options_.pollIntervalMs);
+  }
+  conn_->close();
+  stats_.connected.store(false, std::memory_order_relaxed);
+  stats_.current.store(false, std::memory_order_relaxed);
+}
+
+void Replica::start() {
+  thread_ = std::thread([this] { run(); });
+}
+
+void Replica::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_.store(true);
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace tokend::replica

@@ -1,0 +1,341 @@
+// tokend --postgres: three replicas of one private PostgreSQL cluster follow every change made
+// with plain SQL (psql) within SPEC 11's 100 ms, through the socket and libtokend's fast path,
+// with a long transaction open, with PostgreSQL stopped, and across killed connections.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <tokend/client.h>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include "tests/postgres/pg_helpers.h"
+#include "tests/support/daemon.h"
+#include "tests/support/http_client.h"
+
+using namespace tokend::test;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto kBound = std::chrono::milliseconds(100);
+
+struct Replica {
+  std::unique_ptr<Daemon> daemon;
+  tokend_client* client = nullptr;
+  ~Replica() {
+    if (client) tokend_close(client);
+  }
+};
+
+struct Fleet {
+  PgCluster pg;
+  std::vector<std::unique_ptr<Replica>> replicas;
+
+  explicit Fleet(int n) {
+    RunResult init = run({programPath("TOKENCTL"), "--postgres", pg.conninfo(), "db", "init"});
+    if (init.status != 0) throw std::runtime_error("db init failed: " + init.err);
+    for (int i = 0; i < n; ++i) {
+      auto r = std::make_unique<Replica>();
+      r->daemon = std::make_unique<Daemon>(
+          std::vector<std::string>{"--postgres", pg.conninfo(), "--threads", "1"});
+      if (tokend_open(r->daemon->socket().c_str(), &r->client) != 0)
+        throw std::runtime_error("tokend_open failed");
+      replicas.push_back(std::move(r));
+    }
+  }
+};
+
+std::string verifyLine(const PgToken& t, const std::string& perm) {
+  return "VERIFY " + t.token() + (perm.empty() ? "" : " " + perm);
+}
+
+bool fastAllowed(Replica& r, const PgToken& t, const std::string& perm, bool* viaShm = nullptr) {
+  tokend_result res{};
+  int rc = tokend_verify(r.client, t.token().c_str(), perm.empty() ? nullptr : perm.c_str(),
+                         nullptr, nullptr, &res);
+  if (rc != 0) throw std::runtime_error("tokend_verify failed");
+  if (viaShm) *viaShm = res.via_shm != 0;
+  return res.allowed == 1;
+}
+
+// Waits until every replica allows `t` on both paths and the fast path answers from shared
+// memory (so that a refusal later is the segment's, not a socket fallback's).
+void awaitEverywhere(Fleet& f, const PgToken& t, const std::string& perm) {
+  for (auto& r : f.replicas) {
+    REQUIRE(waitFor([&] { return r->daemon->text(verifyLine(t, perm)).rfind("OK ", 0) == 0; }));
+    bool viaShm = false;
+    REQUIRE(waitFor([&] { return fastAllowed(*r, t, perm, &viaShm) && viaShm; }));
+  }
+}
+
+struct Lag {
+  double socketMs = -1, fastMs = -1;
+};
+
+int64_t wallUs() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Runs `sql` with psql and measures, per replica, how long after the commit (PostgreSQL's own
+// commit timestamp of the newest change-log entry, same machine and clock) the socket and the
+// fast path refuse `t`.
+std::vector<Lag> revoke(Fleet& f, const PgToken& t, const std::string& perm, const std::string& sql,
+                        const std::string& expectDeny) {
+  std::vector<Lag> lags(f.replicas.size());
+  const auto t0 = Clock::now();
+  std::thread writer([&] { f.pg.psqlOk(sql); });
+  auto ms = [&] { return static_cast<double>(wallUs()); };
+  const auto deadline = t0 + std::chrono::seconds(5);
+  bool all = false;
+  while (!all && Clock::now() < deadline) {
+    all = true;
+    for (size_t i = 0; i < f.replicas.size(); ++i) {
+      Replica& r = *f.replicas[i];
+      if (lags[i].socketMs < 0) {
+        std::string answer = r.daemon->text(verifyLine(t, perm));
+        if (answer.rfind("DENY ", 0) == 0) {
+          lags[i].socketMs = ms();
+          CHECK(answer == expectDeny);
+        }
+      }
+      if (lags[i].fastMs < 0 && !fastAllowed(r, t, perm)) lags[i].fastMs = ms();
+      all = all && lags[i].socketMs >= 0 && lags[i].fastMs >= 0;
+    }
+  }
+  writer.join();
+  const double commitUs = std::stod(f.pg.psqlOk(
+      "SELECT tokend.us(max(pg_xact_commit_timestamp(xid::text::xid))) FROM tokend.changelog"));
+  for (Lag& l : lags) {
+    if (l.socketMs >= 0) l.socketMs = (l.socketMs - commitUs) / 1000;
+    if (l.fastMs >= 0) l.fastMs = (l.fastMs - commitUs) / 1000;
+  }
+  return lags;
+}
+
+void report(const std::string& kind, const std::vector<Lag>& lags) {
+  std::string line = fmt::format("{:<44}", kind);
+  for (size_t i = 0; i < lags.size(); ++i)
+    line += fmt::format("  r{}: socket {:6.1f} ms, fast {:6.1f} ms", i, lags[i].socketMs,
+                        lags[i].fastMs);
+  fmt::print("{}\n", line);
+  for (const Lag& l : lags) {
+    CHECK(l.socketMs >= 0);
+    CHECK(l.fastMs >= 0);
+    CHECK(l.socketMs <= kBound.count());
+    CHECK(l.fastMs <= kBound.count());
+  }
+}
+
+}  // namespace
+
+TEST_SUITE("PostgresReplica") {
+  TEST_CASE("every kind of change made with psql is refused by three replicas within 100 ms") {
+    PgCluster::skipUnlessAvailable();
+    Fleet f(3);
+    struct Kind {
+      std::string name, perm, deny;
+      std::function<std::string(const PgToken&)> sql;
+      std::string roles = "{}";
+    };
+    const std::vector<Kind> kinds = {
+        {"UPDATE api_keys SET expires_at = now()", "", "DENY expired 401",
+         [](const PgToken& t) {
+           return "UPDATE api_keys SET expires_at = now() WHERE id = '" + t.id + "'";
+         }},
+        {"DELETE FROM api_keys", "", "DENY unknown 401",
+         [](const PgToken& t) { return "DELETE FROM api_keys WHERE id = '" + t.id + "'"; }},
+        {"UPDATE users SET status = 'suspended'", "", "DENY user_inactive 401",
+         [](const PgToken& t) {
+           return "UPDATE users SET status = 'suspended' WHERE id = '" + t.user + "'";
+         }},
+        {"UPDATE users SET rbac_roles (owner -> none)", "audit_log:read", "DENY role 403",
+         [](const PgToken& t) {
+           return "UPDATE users SET rbac_roles = '{}' WHERE id = '" + t.user + "'";
+         },
+         "{owner}"},
+        {"UPDATE users SET deleted = true", "", "DENY unknown 401",
+         [](const PgToken& t) {
+           return "UPDATE users SET deleted = true WHERE id = '" + t.user + "'";
+         }},
+        {"DELETE FROM users (cascade)", "", "DENY unknown 401",
+         [](const PgToken& t) { return "DELETE FROM users WHERE id = '" + t.user + "'"; }},
+    };
+    int n = 0;
+    for (const Kind& k : kinds) {
+      CAPTURE(k.name);
+      const std::string user = pgUser(f.pg, "user" + std::to_string(n++), k.roles);
+      PgToken t = pgToken(f.pg, user);
+      awaitEverywhere(f, t, k.perm);
+      report(k.name, revoke(f, t, k.perm, k.sql(t), k.deny));
+    }
+    // db status shows each replica's applied position.
+    REQUIRE(waitFor(
+        [&] {
+          return f.pg.psqlOk("SELECT count(*) FROM tokend.replicas WHERE changes_applied > 0") ==
+                 "3";
+        },
+        std::chrono::seconds(5)));
+    RunResult status =
+        run({programPath("TOKENCTL"), "--postgres", f.pg.conninfo(), "db", "status"});
+    CHECK(status.status == 0);
+    CHECK(status.out.find("replicas:         3") != std::string::npos);
+    fmt::print("{}", status.out);
+  }
+
+  TEST_CASE(
+      "a revocation committed while another transaction has been open for seconds is "
+      "refused within 100 ms, and the long one's change follows its commit") {
+    PgCluster::skipUnlessAvailable();
+    Fleet f(3);
+    const std::string user = pgUser(f.pg, "alice");
+    PgToken held = pgToken(f.pg, user), revoked = pgToken(f.pg, user);
+    awaitEverywhere(f, held, "");
+    awaitEverywhere(f, revoked, "");
+    // The long transaction writes (so it holds an xid: the oldest in every snapshot's xip) and
+    // sleeps 4 s before its commit.
+    Child longTxn =
+        spawn({std::string(PgCluster::kBin) + "/psql", "-X", "-q", "-d", f.pg.conninfo(), "-c",
+               "BEGIN; UPDATE api_keys SET expires_at = now() WHERE id = '" + held.id +
+                   "'; SELECT pg_sleep(4); COMMIT;"},
+              {}, "/tmp");
+    REQUIRE(waitFor([&] {
+      return f.pg.psqlOk(
+                 "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'BEGIN;%' AND "
+                 "backend_xid IS NOT NULL") == "1";
+    }));
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    report("revoke while a 4 s transaction is open",
+           revoke(f, revoked, "",
+                  "UPDATE api_keys SET expires_at = now() WHERE id = '" + revoked.id + "'",
+                  "DENY expired 401"));
+    // Not committed yet: still valid everywhere.
+    for (auto& r : f.replicas) CHECK(r->daemon->text(verifyLine(held, "")).rfind("OK ", 0) == 0);
+    CHECK(longTxn.stop(0) == 0);  // waits for psql (signal 0 only checks)
+    for (auto& r : f.replicas)
+      CHECK(waitFor([&] { return r->daemon->text(verifyLine(held, "")) == "DENY expired 401"; },
+                    std::chrono::seconds(8)));
+  }
+
+  TEST_CASE(
+      "PostgreSQL stopped: replicas keep verifying, a restarted one serves its copy, and "
+      "changes made while connections were killed are all applied") {
+    PgCluster::skipUnlessAvailable();
+    Fleet f(3);
+    const std::string user = pgUser(f.pg, "alice");
+    PgToken good = pgToken(f.pg, user), gone = pgToken(f.pg, user);
+    awaitEverywhere(f, good, "");
+    f.pg.psqlOk("UPDATE api_keys SET expires_at = now() WHERE id = '" + gone.id + "'");
+    for (auto& r : f.replicas)
+      REQUIRE(waitFor([&] { return r->daemon->text(verifyLine(gone, "")) == "DENY expired 401"; }));
+
+    for (auto& r : f.replicas) {
+      REQUIRE(waitFor(
+          [&] { return httpRequest(r->daemon->socket(), "GET", "/readyz").status == 200; }));
+    }
+    f.pg.stop("fast");
+    for (auto& r : f.replicas) {
+      // Not current: /readyz says so, /metrics too, and verification goes on from the copy.
+      CHECK(waitFor([&] {
+        HttpReply ready = httpRequest(r->daemon->socket(), "GET", "/readyz");
+        return ready.status == 503 &&
+               ready.body.find("not connected to PostgreSQL") != std::string::npos;
+      }));
+      HttpReply m = httpRequest(r->daemon->socket(), "GET", "/metrics");
+      CHECK(m.body.find("tokend_replica_connected 0\n") != std::string::npos);
+      CHECK(m.body.find("tokend_replica_current 0\n") != std::string::npos);
+      CHECK(r->daemon->text(verifyLine(good, "")).rfind("OK ", 0) == 0);
+      CHECK(fastAllowed(*r, good, ""));
+      CHECK(r->daemon->text(verifyLine(gone, "")) == "DENY expired 401");
+    }
+    // A replica restarted while PostgreSQL is down serves its local copy at once.
+    f.replicas[0]->daemon->restart();
+    CHECK(f.replicas[0]->daemon->text(verifyLine(good, "")).rfind("OK ", 0) == 0);
+    CHECK(f.replicas[0]->daemon->text(verifyLine(gone, "")) == "DENY expired 401");
+
+    f.pg.start();
+    // Once each replica is back, kill its connection and commit changes in separate
+    // transactions at once, before it can reconnect.
+    REQUIRE(waitFor(
+        [&] {
+          return f.pg.psqlOk(
+                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                     "'tokend replica'") == "3";
+        },
+        std::chrono::seconds(15)));
+    std::vector<PgToken> batch;
+    for (int i = 0; i < 20; ++i) batch.push_back(pgToken(f.pg, user));
+    for (const PgToken& t : batch) awaitEverywhere(f, t, "");
+    std::string sql =
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+        "application_name = 'tokend replica';";
+    for (size_t i = 0; i < batch.size(); ++i) {
+      sql += i % 2 ? "DELETE FROM api_keys WHERE id = '" + batch[i].id + "';"
+                   : "UPDATE api_keys SET expires_at = now() WHERE id = '" + batch[i].id + "';";
+    }
+    const std::string suspended = pgUser(f.pg, "bob");
+    PgToken bobs = pgToken(f.pg, suspended);
+    awaitEverywhere(f, bobs, "");
+    sql += "UPDATE users SET status = 'suspended' WHERE id = '" + suspended + "';";
+    f.pg.psqlOk(sql);  // psql -c: each statement commits on its own
+    for (size_t ri = 0; ri < f.replicas.size(); ++ri) {
+      Replica& r = *f.replicas[ri];
+      CAPTURE(ri);
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const std::string want = i % 2 ? "DENY unknown 401" : "DENY expired 401";
+        CHECK(waitFor([&] { return r.daemon->text(verifyLine(batch[i], "")) == want; },
+                      std::chrono::seconds(10)));
+      }
+      CHECK(r.daemon->text(verifyLine(bobs, "")) == "DENY user_inactive 401");
+      CHECK(r.daemon->text(verifyLine(good, "")).rfind("OK ", 0) == 0);
+      // It noticed the lost connection and came back.
+      CHECK(r.daemon->log().find("Connected to PostgreSQL") != std::string::npos);
+    }
+    for (auto& r : f.replicas) {
+      CHECK(waitFor(
+          [&] { return httpRequest(r->daemon->socket(), "GET", "/readyz").status == 200; }));
+      HttpReply m = httpRequest(r->daemon->socket(), "GET", "/metrics");
+      CHECK(m.body.find("tokend_replica_connected 1\n") != std::string::npos);
+      CHECK(m.body.find("tokend_replica_reconnects_total 0\n") == std::string::npos);
+      CHECK(m.body.find("tokend_replica_changes_applied_total") != std::string::npos);
+      const std::string log = r->daemon->log();
+      size_t connects = 0;
+      for (size_t p = 0; (p = log.find("Connected to PostgreSQL", p)) != std::string::npos; ++p)
+        ++connects;
+      CHECK(connects >= 2);
+    }
+  }
+}
+
+TEST_SUITE("PostgresReplica") {
+  TEST_CASE("rows tokend cannot map grant nothing, are counted, and a fixed row serves again") {
+    PgCluster::skipUnlessAvailable();
+    Fleet f(1);
+    Daemon& d = *f.replicas[0]->daemon;
+    const std::string user = pgUser(f.pg, "alice");
+    PgToken shortHash = pgToken(f.pg, user), badScope = pgToken(f.pg, user),
+            badKind = pgToken(f.pg, user), badAllow = pgToken(f.pg, user);
+    f.pg.psqlOk("UPDATE api_keys SET hashed_secret = substring(hashed_secret for 20) WHERE id = '" +
+                shortHash.id + "'");
+    f.pg.psqlOk("UPDATE api_keys SET scopes = '{workspace:read,spaceship:fly}' WHERE id = '" +
+                badScope.id + "'");
+    f.pg.psqlOk("UPDATE api_keys SET login_type = 'oauth2_provider_app' WHERE id = '" + badKind.id +
+                "'");
+    f.pg.psqlOk("UPDATE api_keys SET allow_list = '{spaceship:*}' WHERE id = '" + badAllow.id +
+                "'");
+    for (const PgToken* t : {&shortHash, &badScope, &badKind, &badAllow})
+      CHECK(waitFor([&] { return d.text(verifyLine(*t, "")) == "DENY unknown 401"; }));
+    CHECK(waitFor([&] {
+      return httpRequest(d.socket(), "GET", "/metrics")
+                 .body.find("tokend_replica_rows_refused_total 4\n") != std::string::npos;
+    }));
+    CHECK(d.log().find("unknown login type \"oauth2_provider_app\"") != std::string::npos);
+    // A dormant user counts as active; fixing a row brings the token back.
+    f.pg.psqlOk("UPDATE users SET status = 'dormant' WHERE id = '" + user + "'");
+    f.pg.psqlOk("UPDATE api_keys SET scopes = '{workspace:read}' WHERE id = '" + badScope.id + "'");
+    CHECK(waitFor([&] { return d.text(verifyLine(badScope, "")).rfind("OK ", 0) == 0; }));
+  }
+}
