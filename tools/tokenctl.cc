@@ -15,9 +15,9 @@
 #include "base/unique_fd.h"
 #include "tools/ctl_backend.h"
 #include "tools/ctl_import.h"
+#include "tools/ctl_postgres.h"
 #include "verifier/keydb.h"
 #include "verifier/token.h"
-#include "tools/ctl_postgres.h"
 
 namespace tokend::tools {
 namespace {

@@ -266,9 +266,9 @@ TEST_SUITE("Hostile") {
          " ms with the client's own starvation); RSS ", rssStart, " -> ", rss0, " -> ", rss1,
          " KiB, peak ", peak, " KiB");
     MESSAGE("good answers ", good.answered.load(), ", wrong ", good.wrong.load(), ", late ",
-         good.late.load(), ", worst ", good.worstMs.load(), " ms (", good.worstRawMs.load(),
-         " ms with the client's own starvation); RSS ", rssStart, " -> ", rss0, " -> ", rss1,
-         " KiB, peak ", peak, " KiB");
+            good.late.load(), ", worst ", good.worstMs.load(), " ms (", good.worstRawMs.load(),
+            " ms with the client's own starvation); RSS ", rssStart, " -> ", rss0, " -> ", rss1,
+            " KiB, peak ", peak, " KiB");
     CHECK(good.wrong == 0);
     CHECK(good.late == 0);
     CHECK(good.lost == 0);

@@ -82,27 +82,13 @@ Attach attach(const std::string& socket) {
   req.clear();
   bp::encodeShmAttach(req, 2);
   REQUIRE(sendAll(fd.get(), req));
-  char buf[4096];
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  iovec iov{buf, sizeof buf};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  ssize_t n = ::recvmsg(fd.get(), &msg, MSG_CMSG_CLOEXEC);
-  REQUIRE(n > 0);
-  auto p = bp::parseFrame(std::string_view(buf, static_cast<size_t>(n)));
+  Received got = recvWithFd(fd.get());
+  REQUIRE(!got.bytes.empty());
+  auto p = bp::parseFrame(got.bytes);
   REQUIRE(p.status == bp::ParseStatus::Complete);
   a.opcode = static_cast<int>(p.frame.header.opcode);
   if (auto e = bp::decodeError(p.frame.payload)) a.error = static_cast<int>(e->code);
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    int seg = -1;
-    std::memcpy(&seg, CMSG_DATA(c), sizeof seg);
-    a.gotFd = true;
-    ::close(seg);
-  }
+  a.gotFd = static_cast<bool>(got.fd);
   return a;
 }
 

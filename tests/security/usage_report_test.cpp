@@ -62,28 +62,12 @@ class Peer {
     std::string req;
     bp::encodeShmAttach(req, 1);
     REQUIRE(sendAll(fd_.get(), req));
-    char buf[256];
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-    iovec iov{buf, sizeof buf};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    const ssize_t n = ::recvmsg(fd_.get(), &msg, MSG_CMSG_CLOEXEC);
-    REQUIRE(n > 0);
-    auto p = bp::parseFrame(std::string_view(buf, static_cast<size_t>(n)));
+    Received got = recvWithFd(fd_.get(), 256);
+    REQUIRE(!got.bytes.empty());
+    auto p = bp::parseFrame(got.bytes);
     REQUIRE(p.status == bp::ParseStatus::Complete);
     REQUIRE(p.frame.header.opcode == bp::Opcode::ShmGranted);
-    bool gotFd = false;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      int seg = -1;
-      std::memcpy(&seg, CMSG_DATA(c), sizeof seg);
-      ::close(seg);
-      gotFd = true;
-    }
-    REQUIRE(gotFd);
+    REQUIRE(got.fd);
   }
 
   // Sends one USAGE_REPORT of (token id, time) pairs; returns the ack's accepted count.

@@ -82,6 +82,27 @@ std::string readUntilClosed(int fd, int timeoutMs, bool* closed) {
       fd, timeoutMs, [](const std::string&) { return false; }, closed);
 }
 
+Received recvWithFd(int fd, size_t max) {
+  Received r;
+  r.bytes.resize(max);
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  iovec iov{r.bytes.data(), r.bytes.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  const ssize_t n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  r.bytes.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); n > 0 && c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    int passed = -1;
+    std::memcpy(&passed, CMSG_DATA(c), sizeof passed);
+    r.fd = UniqueFd(passed);
+  }
+  return r;
+}
+
 Daemon::Daemon(std::vector<std::string> args, std::map<std::string, std::string> env)
     : args_(std::move(args)), env_(std::move(env)) {
   auto given = std::find(args_.begin(), args_.end(), "--data-dir");

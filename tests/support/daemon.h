@@ -20,6 +20,14 @@ std::string readLines(int fd, size_t lines, int timeoutMs = 5000);
 std::string readBytes(int fd, size_t bytes, int timeoutMs = 5000);
 // Reads until the peer closes or the timeout passes; `closed` says which.
 std::string readUntilClosed(int fd, int timeoutMs, bool* closed);
+// One recvmsg of at most `max` bytes with room for one descriptor passed with SCM_RIGHTS (the
+// segment's, after SHM_ATTACH): the bytes, and the descriptor (invalid when none came). `bytes`
+// is empty when the peer closed or recvmsg failed.
+struct Received {
+  std::string bytes;
+  UniqueFd fd;
+};
+Received recvWithFd(int fd, size_t max = 4096);
 
 class Daemon {
  public:
