@@ -21,6 +21,17 @@ using Json = nlohmann::json;
 
 namespace {
 
+// A token listing without the fields the daemon's write-back changes on its own schedule (each
+// listing is a use of the caller's token): what the same caller sees whichever way it sent it.
+Json listingAsOf(const std::string& out) {
+  Json j = Json::parse(out);
+  for (Json& t : j) {
+    t.erase("last_used");
+    t.erase("updated_at");
+  }
+  return j;
+}
+
 size_t argvWarnings(const std::string& err) {
   size_t n = 0;
   for (size_t at = err.find("warning: a token on the command line"); at != std::string::npos;
@@ -107,7 +118,7 @@ TEST_SUITE("TokenctlUserMode") {
     RunResult fromFile = user({"--token-file", file, "tokens", "list", "-o", "json"});
     CHECK(fromFile.status == 0);
     CHECK(fromFile.err.empty());
-    CHECK(fromFile.out == env.out);
+    CHECK(listingAsOf(fromFile.out) == listingAsOf(env.out));
     // The file wins over the environment.
     RunResult both = user({"--token-file", file, "tokens", "list", "-o", "json"},
                           {{"TOKEND_TOKEN", "AAAAAAAAAA-0123456789012345678901"}});
@@ -117,7 +128,7 @@ TEST_SUITE("TokenctlUserMode") {
     CHECK(argv.status == 0);
     CHECK(argvWarnings(argv.err) == 1);
     CHECK(argv.err.find(admin) == std::string::npos);
-    CHECK(argv.out == env.out);
+    CHECK(listingAsOf(argv.out) == listingAsOf(env.out));
 
     RunResult twice = user({"--token", admin, "--token-file", file, "tokens", "list"});
     CHECK(twice.status == 2);
