@@ -290,6 +290,13 @@ int run(int argc, char** argv) {
   // yet, so the sliding refresh, which only a write-back makes real, is off.
   const bool replicaMode = !config.postgres.empty();
   if (replicaMode) config.lifetimes.refreshEnabled = false;
+  // The local copy follows PostgreSQL: a change made to it alone would diverge (or be undone by
+  // the next reload). Writing through to PostgreSQL is not built yet: refuse, clearly.
+  if (replicaMode) {
+    manager.refuseWrites(
+        "This tokend is a replica of PostgreSQL (--postgres): users and tokens are changed in "
+        "PostgreSQL, and every replica follows; writes through tokend are not built yet.");
+  }
   std::unique_ptr<replica::Replica> follower;
   if (replicaMode) {
     auto r = replica::startReplica(**db, config.postgres, config.dataDir, [&] {

@@ -60,6 +60,8 @@ int statusOf(const Error& e) {
       return 404;
     case EEXIST:
       return 409;
+    case EROFS:  // a replica's data dir (SPEC 11): writes go to PostgreSQL
+      return 503;
     default:
       return 500;
   }

@@ -22,7 +22,7 @@ using namespace tokend::verifier;
 namespace {
 
 constexpr const char* kMetaSnapshot = "ext.pg.snapshot";
-constexpr const char* kMetaEpoch = "ext.pg.epoch";
+constexpr std::string_view kMetaEpoch = verifier::kReplicaEpochMeta;
 constexpr size_t kMaxLogged = 100000;
 constexpr int kFetchRows = 10000;
 

@@ -12,6 +12,10 @@
 
 #include "base/result.h"
 
+namespace tokend::verifier {
+class KeyDb;
+}
+
 namespace tokend::tools {
 
 using Json = nlohmann::json;
@@ -53,6 +57,15 @@ class Backend {
   virtual Result<std::string> check(const std::string& token, const std::string& permission,
                                     const std::string& object, const std::string& owner) = 0;
 };
+
+// What tokenctl --db answers to a write on a PostgreSQL replica's data dir (SPEC 11): the copy
+// follows PostgreSQL, so a change made here would be lost or diverge.
+inline constexpr const char* kReplicaWriteRefusal =
+    "this data dir is a replica of PostgreSQL (tokend --postgres): change users and tokens in "
+    "PostgreSQL (tokenctl --postgres CONNINFO ... writes are not built yet; plain SQL works), "
+    "every replica follows";
+// Whether `db` is such a replica's data dir.
+Result<bool> isReplicaDir(verifier::KeyDb& db);
 
 // `maxDbSize`: KeyDbOptions::maxMapSize (0: the cap stored in the database).
 Result<std::unique_ptr<Backend>> openOperatorBackend(const std::string& dbDir, size_t maxDbSize);

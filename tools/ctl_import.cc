@@ -25,6 +25,7 @@
 #include "base/clock.h"
 #include "base/duration.h"
 #include "base/scope_exit.h"
+#include "tools/ctl_backend.h"
 #include "verifier/allow_list.h"
 #include "verifier/keydb.h"
 #include "verifier/lifetime.h"
@@ -896,6 +897,8 @@ int runImport(const std::string& dbDir, const ImportOptions& o) {
   dbOptions.maxMapSize = o.maxDbSize;
   auto db = KeyDb::open(dbDir, dbOptions);
   if (!db) return fail(db.error().message);
+  if (auto replica = isReplicaDir(**db); !replica || *replica)
+    return fail(replica ? kReplicaWriteRefusal : replica.error().message);
 
   // 1. Read and parse, on every core.
   const int64_t now = clockNow();

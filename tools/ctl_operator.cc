@@ -19,6 +19,7 @@ class OperatorBackend final : public Backend {
  public:
   OperatorBackend(std::unique_ptr<KeyDb> db, LifetimeConfig config)
       : db_(std::move(db)), manager_(*db_, config) {}
+  void refuseWrites(std::string why) { manager_.refuseWrites(std::move(why)); }
 
   Result<Json> createUser(const std::string& username,
                           const std::vector<std::string>& roles) override {
@@ -158,6 +159,15 @@ class OperatorBackend final : public Backend {
 
 }  // namespace
 
+Result<bool> isReplicaDir(KeyDb& db) {
+  auto reader = db.reader();
+  if (!reader) return reader.error();
+  if (auto b = (*reader)->begin(); !b) return b.error();
+  auto replica = (*reader)->isReplica();
+  (*reader)->end();
+  return replica;
+}
+
 Result<std::unique_ptr<Backend>> openOperatorBackend(const std::string& dbDir, size_t maxDbSize) {
   auto config = lifetimeConfigFromEnv();
   if (!config) return config.error();
@@ -165,7 +175,11 @@ Result<std::unique_ptr<Backend>> openOperatorBackend(const std::string& dbDir, s
   options.maxMapSize = maxDbSize;
   auto db = KeyDb::open(dbDir, options);
   if (!db) return db.error();
-  return std::unique_ptr<Backend>(new OperatorBackend(std::move(*db), *config));
+  auto replica = isReplicaDir(**db);
+  if (!replica) return replica.error();
+  auto backend = std::make_unique<OperatorBackend>(std::move(*db), *config);
+  if (*replica) backend->refuseWrites(kReplicaWriteRefusal);
+  return std::unique_ptr<Backend>(std::move(backend));
 }
 
 }  // namespace tokend::tools

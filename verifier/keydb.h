@@ -42,6 +42,10 @@
 
 namespace tokend::verifier {
 
+// The meta key a PostgreSQL replica (replica/) keeps its source database's epoch under: present
+// exactly in a replica's data dir, whose users and tokens only PostgreSQL may change.
+inline constexpr std::string_view kReplicaEpochMeta = "ext.pg.epoch";
+
 inline constexpr uint32_t kSchemaVersion = 1;
 
 // The cap on the map (--max-db-size) when the database stores none, and the least one taken.
@@ -109,6 +113,12 @@ class Txn {
   // under a key that must begin with "ext."; nullopt when absent. The view lives as the
   // transaction does.
   Result<std::optional<std::string_view>> extMeta(std::string_view key);
+  // Whether this is a PostgreSQL replica's data dir (SPEC 11): it holds kReplicaEpochMeta.
+  Result<bool> isReplica() {
+    auto v = extMeta(kReplicaEpochMeta);
+    if (!v) return v.error();
+    return v->has_value();
+  }
   MDB_txn* raw() { return txn_; }
 
  protected:

@@ -154,6 +154,11 @@ Result<void> mint(TokenRecord& t, std::string& key, Writer& w) {
 
 }  // namespace
 
+Result<void> Manager::writable() const {
+  if (readOnly_.empty()) return {};
+  return makeError(readOnly_, -EROFS);
+}
+
 bool isValidUsername(std::string_view n) {
   if (n.empty() || n.size() > 32) return false;
   auto lowerAlnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
@@ -170,6 +175,7 @@ std::string randomTokenName() {
 
 Result<UserRecord> Manager::createUser(std::string_view username,
                                        const std::vector<std::string>& roles, int64_t now) {
+  if (auto w = writable(); !w) return w.error();
   if (!isValidUsername(username)) {
     return makeError(fmt::format(
         "invalid username \"{}\": want 1 to 32 of a-z, 0-9, '-' and '_', starting with a letter "
@@ -209,6 +215,7 @@ Result<std::vector<UserRecord>> Manager::users() {
 }
 
 Result<UserRecord> Manager::setStatus(std::string_view ref, UserStatus status, int64_t now) {
+  if (auto w = writable(); !w) return w.error();
   UserRecord out;
   auto r = db_.update([&](Writer& w) -> Result<void> {
     auto u = readUser(w, ref);
@@ -227,6 +234,7 @@ Result<UserRecord> Manager::setStatus(std::string_view ref, UserStatus status, i
 
 Result<UserRecord> Manager::setRoles(std::string_view ref, const std::vector<std::string>& roles,
                                      int64_t now) {
+  if (auto w = writable(); !w) return w.error();
   auto normalized = normalizeRoles(splitList(roles));
   if (!normalized) return normalized.error();
   UserRecord out;
@@ -260,6 +268,7 @@ Result<UserRecord> Manager::setRoles(std::string_view ref, const std::vector<std
 }
 
 Result<UserRecord> Manager::deleteUser(std::string_view ref) {
+  if (auto w = writable(); !w) return w.error();
   UserRecord out;
   auto r = db_.update([&](Writer& w) -> Result<void> {
     auto u = readUser(w, ref);
@@ -273,6 +282,7 @@ Result<UserRecord> Manager::deleteUser(std::string_view ref) {
 }
 
 Result<CreatedToken> Manager::createToken(const CreateTokenRequest& req, int64_t now) {
+  if (auto w = writable(); !w) return w.error();
   auto scopes = normalizeScopes(splitList(req.scopes), req.publicOnly);
   if (!scopes) return scopes.error();
   auto allow = normalizeAllowList(req.allowList);
@@ -315,6 +325,7 @@ Result<CreatedToken> Manager::createToken(const CreateTokenRequest& req, int64_t
 
 Result<CreatedToken> Manager::createSession(const Uuid& user, LoginType kind, int64_t now,
                                             std::optional<std::string> creator) {
+  if (auto w = writable(); !w) return w.error();
   if (kind == LoginType::Token)
     return makeError("a session's login type is password, oidc or github");
   CreatedToken out;
@@ -366,6 +377,7 @@ Result<TokenRecord> Manager::findToken(std::string_view ref, std::optional<Uuid>
 
 Result<TokenRecord> Manager::expireToken(std::string_view ref, std::optional<Uuid> user,
                                          int64_t now) {
+  if (auto w = writable(); !w) return w.error();
   TokenRecord out;
   auto r = db_.update([&](Writer& w) -> Result<void> {
     auto t = readToken(w, ref, user);
@@ -382,6 +394,7 @@ Result<TokenRecord> Manager::expireToken(std::string_view ref, std::optional<Uui
 }
 
 Result<TokenRecord> Manager::deleteToken(std::string_view ref, std::optional<Uuid> user) {
+  if (auto w = writable(); !w) return w.error();
   TokenRecord out;
   auto r = db_.update([&](Writer& w) -> Result<void> {
     auto t = readToken(w, ref, user);

@@ -84,9 +84,16 @@ class Manager {
   const LifetimeConfig& config() const { return config_; }
   KeyDb& db() { return db_; }
 
+  // From now on every operation that writes fails with -EROFS and `why` (a replica's data dir,
+  // whose truth is PostgreSQL: SPEC 11). Reads go on.
+  void refuseWrites(std::string why) { readOnly_ = std::move(why); }
+
  private:
+  Result<void> writable() const;
+
   KeyDb& db_;
   LifetimeConfig config_;
+  std::string readOnly_;
 };
 
 }  // namespace tokend::verifier
