@@ -91,6 +91,29 @@ Result<PgResult> PgConn::execParams(const std::string& sql,
   return collect("query", timeoutMs);
 }
 
+Result<void> PgConn::prepare(const std::string& name, const std::string& sql, int timeoutMs) {
+  if (!conn_) return makeError("no PostgreSQL connection", -ENOTCONN);
+  if (!PQsendPrepare(conn_, name.c_str(), sql.c_str(), 0, nullptr)) {
+    return makeError("Failed to send a query to PostgreSQL: " + pgMessage(conn_), -EIO);
+  }
+  auto r = collect("prepare", timeoutMs);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<PgResult> PgConn::execPrepared(const std::string& name,
+                                      const std::vector<std::optional<std::string>>& params,
+                                      int timeoutMs) {
+  if (!conn_) return makeError("no PostgreSQL connection", -ENOTCONN);
+  std::vector<const char*> values;
+  for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
+  if (!PQsendQueryPrepared(conn_, name.c_str(), static_cast<int>(values.size()), values.data(),
+                           nullptr, nullptr, 0)) {
+    return makeError("Failed to send a query to PostgreSQL: " + pgMessage(conn_), -EIO);
+  }
+  return collect("query", timeoutMs);
+}
+
 Result<PgResult> PgConn::collect(const std::string& what, int timeoutMs) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeoutMs);
   PgResult last;

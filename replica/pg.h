@@ -42,6 +42,11 @@ class PgConn {
   Result<PgResult> execParams(const std::string& sql,
                               const std::vector<std::optional<std::string>>& params,
                               int timeoutMs = 30000);
+  // Prepares `sql` as the named statement for this connection (gone with it), and runs it.
+  Result<void> prepare(const std::string& name, const std::string& sql, int timeoutMs = 30000);
+  Result<PgResult> execPrepared(const std::string& name,
+                                const std::vector<std::optional<std::string>>& params,
+                                int timeoutMs = 30000);
   void close();
 
  private:
