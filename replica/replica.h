@@ -44,6 +44,7 @@ struct ReplicaStats {
   std::atomic<uint64_t> rowsRefused{0};  // rows that grant nothing (fail closed)
   std::atomic<uint64_t> polls{0};
   std::atomic<uint64_t> fullLoads{0};
+  std::atomic<uint64_t> slowPolls{0};  // query plus apply took over 50 ms
 };
 
 class Replica {
@@ -83,6 +84,8 @@ class Replica {
   ReplicaStats stats_;
   std::unordered_set<std::string> logged_;  // keys whose refusal was logged (once each)
   int64_t reportedAtUs_ = 0;
+  int64_t watermarkStoredAtUs_ = 0;  // when the watermark was last written to LMDB
+  int64_t slowLoggedAtUs_ = 0;
   uint64_t reportedChanges_ = UINT64_MAX;
 
   std::mutex mu_;

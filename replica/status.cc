@@ -16,6 +16,11 @@ double lagSeconds(const ReplicaStats& s) {
   return static_cast<double>(now - at) / 1e6;
 }
 
+bool olderThan(const ReplicaStats& s, int64_t maxSeconds) {
+  const double lag = lagSeconds(s);
+  return lag < 0 || lag > static_cast<double>(maxSeconds);
+}
+
 std::string renderMetrics(const ReplicaStats& s) {
   std::string o;
   auto one = [&](const char* name, const char* type, const char* help, auto value) {
@@ -41,6 +46,9 @@ std::string renderMetrics(const ReplicaStats& s) {
       s.polls.load(std::memory_order_relaxed));
   one("tokend_replica_full_loads_total", "counter", "Full snapshots loaded.",
       s.fullLoads.load(std::memory_order_relaxed));
+  one("tokend_replica_slow_polls_total", "counter",
+      "Polls whose query and apply took over 50 ms (each logs its parts, at most every 10 s).",
+      s.slowPolls.load(std::memory_order_relaxed));
   return o;
 }
 

@@ -13,7 +13,11 @@ namespace tokend::replica {
 std::string renderMetrics(const ReplicaStats& stats);
 // Why the replica cannot answer as current ("" when it can).
 std::string notReady(const ReplicaStats& stats);
-// Seconds since the replica was last current (0 while it is).
+// Seconds since the replica was last current (about a poll interval while it is; -1: the copy's
+// age is unknown, a data dir loaded before tokend recorded it).
 double lagSeconds(const ReplicaStats& stats);
+// SPEC 11 --max-staleness: whether the copy has not been current for over `maxSeconds` (or its
+// age is unknown), so that verification must answer `unavailable`.
+bool olderThan(const ReplicaStats& stats, int64_t maxSeconds);
 
 }  // namespace tokend::replica
