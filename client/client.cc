@@ -92,8 +92,8 @@ class QueryMemo {
 };
 
 constexpr const char* kReasonNames[] = {
-    "ok",    "missing",    "malformed", "unknown",     "bad_secret", "expired", "user_inactive",
-    "scope", "allow_list", "role",      "bad_request",
+    "ok",    "missing",    "malformed", "unknown",     "bad_secret",  "expired", "user_inactive",
+    "scope", "allow_list", "role",      "bad_request", "unavailable",
 };
 static_assert(std::size(kReasonNames) == verifier::kReasonCount);
 // `owned` went into what was tail padding: programs built against the header without it allocate

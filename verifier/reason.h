@@ -20,13 +20,14 @@ enum class Reason : uint8_t {
   AllowList = 8,
   Role = 9,
   BadRequest = 10,
+  Unavailable = 11,  // a replica past --max-staleness (SPEC 11): no answer can be trusted
 };
-inline constexpr int kReasonCount = 11;
+inline constexpr int kReasonCount = 12;
 
 constexpr std::string_view reasonName(Reason r) {
-  constexpr std::string_view kNames[] = {"ok",      "missing",       "malformed", "unknown",
-                                         "bad_secret", "expired",    "user_inactive", "scope",
-                                         "allow_list", "role",       "bad_request"};
+  constexpr std::string_view kNames[] = {"ok",         "missing", "malformed",     "unknown",
+                                         "bad_secret", "expired", "user_inactive", "scope",
+                                         "allow_list", "role",    "bad_request",   "unavailable"};
   auto i = static_cast<unsigned>(r);
   return i < kReasonCount ? kNames[i] : std::string_view("unknown");
 }
@@ -41,6 +42,8 @@ constexpr int httpStatus(Reason r) {
       return 403;
     case Reason::BadRequest:
       return 400;
+    case Reason::Unavailable:
+      return 503;
     default:
       return 401;
   }

@@ -243,7 +243,7 @@ TEST_SUITE("BinaryPayloads") {
     std::string payload = out.substr(kFrameHeaderSize);
     CHECK(decodeVerifyResult(payload));
     std::string badReason = payload;
-    badReason[0] = 11;
+    badReason[0] = static_cast<char>(tokend::verifier::kReasonCount);
     CHECK_FALSE(decodeVerifyResult(badReason));
     std::string badLogin = payload;
     badLogin[1] = 4;

@@ -74,9 +74,11 @@ typedef struct tokend_client tokend_client;
  */
 typedef struct tokend_result {
   int allowed;        /* 1: the token is valid and, if a permission was asked, grants it */
-  int http_status;    /* 200, 401 (authentication), 403 (authorisation) or 400 (bad request) */
+  int http_status;    /* 200, 401 (authentication), 403 (authorisation), 400 (bad request) or
+                         503 (unavailable) */
   const char* reason; /* "ok", "missing", "malformed", "unknown", "bad_secret", "expired",
-                         "user_inactive", "scope", "allow_list", "role", "bad_request"; static
+                         "user_inactive", "scope", "allow_list", "role", "bad_request",
+                         "unavailable" (a PostgreSQL replica past --max-staleness); static
                          storage: valid for the life of the process, never freed */
   char user_id[37];   /* the user's UUID, canonical lowercase 8-4-4-4-12 form */
   char username[33];
