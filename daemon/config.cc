@@ -203,6 +203,9 @@ ParseOutcome parseConfig(int argc, char** argv, Config& c, int& exitCode) {
                  "Follow this PostgreSQL database (libpq conninfo or URI): a replica of its users "
                  "and api_keys (SPEC 11)")
       ->envname("TOKEND_POSTGRES");
+  addDuration(app, "--max-staleness", "TOKEND_MAX_STALENESS", "", c.maxStalenessSeconds,
+              "With --postgres: once the copy has not been current for this long, answer "
+              "'unavailable' (503) rather than trust it; 0s: no bound");
   bool noAdmin = false;
   app.add_flag("--no-admin", noAdmin, "Do not create the admin user on a fresh data dir");
   app.add_flag("--allow-core-dumps", c.allowCoreDumps,
@@ -225,6 +228,13 @@ ParseOutcome parseConfig(int argc, char** argv, Config& c, int& exitCode) {
     return ParseOutcome::Exit;
   }
   c.socketMode = static_cast<unsigned>(m);
+  if (c.maxStalenessSeconds > 0 && c.postgres.empty()) {
+    fmt::print(stderr,
+               "tokend: --max-staleness bounds how old a PostgreSQL replica's copy may be: it "
+               "needs --postgres\n");
+    exitCode = 2;
+    return ParseOutcome::Exit;
+  }
   c.loop.backend = io == "uring" ? Backend::Uring : io == "epoll" ? Backend::Epoll : Backend::Auto;
   lt.refreshEnabled = !noRefresh;
   c.createAdmin = !noAdmin;

@@ -36,6 +36,9 @@ struct Config {
   std::string logLevel = "info";
   // SPEC 11: a libpq conninfo; set, tokend is a replica of that PostgreSQL database.
   std::string postgres;
+  // SPEC 11 --max-staleness: seconds a replica may go without being current before it answers
+  // `unavailable`; 0: no bound (serve the last copy however old).
+  int64_t maxStalenessSeconds = 0;
 };
 
 enum class ParseOutcome { Run, Exit };

@@ -16,6 +16,9 @@ using verifier::Reason;
 
 namespace {
 
+constexpr std::string_view kStale =
+    "this tokend's copy of PostgreSQL is older than --max-staleness: try again later";
+
 char lower(char c) {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
 }
@@ -207,6 +210,10 @@ std::optional<Reason> Introspector::handle(Service::Worker& w, const HttpRequest
     return std::nullopt;
   }
   OPENSSL_cleanse(creds->token.data(), creds->token.size());
+  if (caller.reason == Reason::Unavailable) {
+    reply(out, 503, keep, oauthError("temporarily_unavailable", kStale));
+    return std::nullopt;
+  }
   if (caller.reason != Reason::Ok) {
     reply(out, 401, keep,
           oauthError(
@@ -239,6 +246,10 @@ std::optional<Reason> Introspector::handle(Service::Worker& w, const HttpRequest
   if (!service_.verify(w, VerifyQuery{form->token, {}, {}, {}}, a)) {
     reply(out, 500, keep, oauthError("server_error", "the key database could not be read"));
     return std::nullopt;
+  }
+  if (a.reason == Reason::Unavailable) {
+    reply(out, 503, keep, oauthError("temporarily_unavailable", kStale));
+    return a.reason;
   }
   if (a.reason != Reason::Ok) {
     reply(out, 200, keep, kInactive);

@@ -352,9 +352,14 @@ int run(int argc, char** argv) {
   }
 
   Metrics metrics(config.loop.threads);
-  Service service(
-      **db, *cache, metrics,
-      ServiceOptions{config.lifetimes, config.writebackIntervalMs, config.invalidationPollUs});
+  ServiceOptions serviceOptions{config.lifetimes, config.writebackIntervalMs,
+                                config.invalidationPollUs};
+  if (follower && config.maxStalenessSeconds > 0) {
+    serviceOptions.unavailable = [stats = &follower->stats(), max = config.maxStalenessSeconds] {
+      return replica::olderThan(*stats, max);
+    };
+  }
+  Service service(**db, *cache, metrics, serviceOptions);
   Management management(service, manager);
   SessionFactoryImpl factory(
       service, management,

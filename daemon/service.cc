@@ -73,6 +73,10 @@ bool Service::verify(Worker& w, const VerifyQuery& q, VerifyAnswer& a) {
     a.reason = Reason::Malformed;
     return true;
   }
+  if (availability_.load(std::memory_order_acquire) == Availability::Unavailable) {
+    a.reason = Reason::Unavailable;
+    return true;
+  }
   const Query query = parseQuery(q.permission, q.object, q.owner);
   const int64_t now = w.now_ != 0 ? w.now_ : clockNow();
   const Digest presented = w.sha_.digest(parsed->secret);
@@ -87,6 +91,14 @@ bool Service::verify(Worker& w, const VerifyQuery& q, VerifyAnswer& a) {
     // The epoch is read before the database (see shm/cache.h): a fill racing an invalidation
     // is dropped rather than left stale.
     const uint64_t epoch = cache_.epoch();
+    // After the epoch (checkAvailable marks Closing, then empties the cache, bumping it): a
+    // verification that still reads Serving here carries an epoch the emptying outdates, so no
+    // fill survives it, and none is made once the answer may become 'unavailable'.
+    const Availability availability = availability_.load(std::memory_order_seq_cst);
+    if (availability == Availability::Unavailable) {
+      a.reason = Reason::Unavailable;
+      return true;
+    }
     if (auto b = w.reader_->begin(); !b) {
       log::error("Failed to begin a read transaction: {}", b.error().message);
       return false;
@@ -107,7 +119,7 @@ bool Service::verify(Worker& w, const VerifyQuery& q, VerifyAnswer& a) {
     // The fill carries the mark of this verification when it presented the secret: a usage
     // report for the token is then taken (reportUses), one after a wrong secret is not.
     if (*reason != Reason::BadSecret) e.verifiedAt = shm::verifiedMark(now);
-    cache_.insert(e, epoch);
+    if (availability == Availability::Serving) cache_.insert(e, epoch);
   }
 
   a.reason = *reason;
@@ -350,10 +362,29 @@ void Service::watch() {
   while (!stopping_) {
     lock.unlock();
     pollChanges(**reader);
+    if (options_.unavailable) checkAvailable();
     lock.lock();
     stopCv_.wait_for(lock, std::chrono::microseconds(options_.invalidationPollUs),
                      [&] { return stopping_; });
   }
+}
+
+void Service::checkAvailable() {
+  const bool stale = options_.unavailable();
+  if (stale == (availability_.load(std::memory_order_relaxed) == Availability::Unavailable)) return;
+  if (!stale) {
+    log::info("The copy of PostgreSQL is current again: verifying");
+    availability_.store(Availability::Serving, std::memory_order_seq_cst);
+    return;
+  }
+  log::warn(
+      "The copy of PostgreSQL is older than --max-staleness: every verification answers "
+      "'unavailable' until the replica is current again");
+  // No fill from here on, then the cache emptied, and only then the socket's answer changes: a
+  // client that has seen 'unavailable' finds nothing left in shared memory to trust.
+  availability_.store(Availability::Closing, std::memory_order_seq_cst);
+  cache_.invalidateAll();
+  availability_.store(Availability::Unavailable, std::memory_order_seq_cst);
 }
 
 void Service::post(std::function<void()> job) {
@@ -404,6 +435,8 @@ void Service::writeback() {
 }
 
 void Service::start() {
+  // The first answer already knows (a replica restarted with an old copy).
+  if (options_.unavailable) checkAvailable();
   watcher_ = std::thread([this] { watch(); });
   writer_ = std::thread([this] { writeback(); });
 }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -51,6 +52,10 @@ struct ServiceOptions {
   verifier::LifetimeConfig lifetimes;
   int writebackIntervalMs = 250;
   int invalidationPollUs = 250;
+  // Asked by the changelog watcher at each look: while it says true, every verification answers
+  // `unavailable` (SPEC 11 --max-staleness) and the cache is empty, so that libtokend's fast
+  // path misses and asks the socket. Empty: never.
+  std::function<bool()> unavailable;
 };
 
 class Service {
@@ -130,6 +135,7 @@ class Service {
   void watch();
   void writeback();
   void pollChanges(verifier::Reader& reader);
+  void checkAvailable();  // watcher thread: follows options_.unavailable
 
   verifier::KeyDb& db_;
   shm::Cache& cache_;
@@ -144,6 +150,10 @@ class Service {
   std::mutex stopMu_;
   std::condition_variable stopCv_;
   bool stopping_ = false;
+  // What the watcher last saw of options_.unavailable (checkAvailable): serving, closing (the
+  // cache is being emptied and no verification fills it), or answering 'unavailable'.
+  enum class Availability : uint8_t { Serving, Closing, Unavailable };
+  std::atomic<Availability> availability_{Availability::Serving};
   std::deque<std::function<void()>> jobs_;  // guarded by stopMu_
   std::thread watcher_;
   std::thread writer_;
