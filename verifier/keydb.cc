@@ -283,6 +283,56 @@ Result<std::vector<TokenRecord>> Txn::tokens(std::optional<Uuid> user) {
   return out;
 }
 
+namespace {
+
+// Keys of `dbi` in (after, through]; `after` empty: from the first.
+Result<std::vector<std::string>> keysAfter(MDB_txn* txn, MDB_dbi dbi, std::string_view after,
+                                           std::optional<std::string_view> through,
+                                           const char* what) {
+  Cursor c;
+  if (int rc = c.open(txn, dbi)) return mdbError(what, rc);
+  std::vector<std::string> out;
+  MDB_val k = val(after), v;
+  int rc = after.empty() ? c.get(k, v, MDB_FIRST) : c.get(k, v, MDB_SET_RANGE);
+  for (; rc != MDB_NOTFOUND; rc = c.get(k, v, MDB_NEXT)) {
+    if (rc) return mdbError(what, rc);
+    const std::string_view key = view(k);
+    if (key == after) continue;
+    if (through && key > *through) break;
+    out.emplace_back(key);
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<std::vector<std::string>> Txn::tokenIdsAfter(std::string_view after,
+                                                    std::optional<std::string_view> through) {
+  if (!live_) return notLive("list token ids").error();
+  return keysAfter(txn_, db_.tokens_, after, through, "list token ids");
+}
+
+Result<std::vector<Uuid>> Txn::userIdsAfter(std::optional<Uuid> after,
+                                            std::optional<Uuid> through) {
+  if (!live_) return notLive("list user ids").error();
+  const std::string from = after ? std::string(uuidKey(*after)) : std::string();
+  std::optional<std::string> to;
+  if (through) to = std::string(uuidKey(*through));
+  auto keys = keysAfter(txn_, db_.users_, from, to, "list user ids");
+  if (!keys) return keys.error();
+  std::vector<Uuid> out;
+  for (const std::string& k : *keys) {
+    Uuid u;
+    if (k.size() != u.bytes.size()) {
+      return makeError("Failed to list user ids: a key of " + std::to_string(k.size()) + " bytes",
+                       -EBADMSG);
+    }
+    std::memcpy(u.bytes.data(), k.data(), k.size());
+    out.push_back(u);
+  }
+  return out;
+}
+
 Result<Changes> Txn::changesSince(uint64_t since) {
   if (!live_) return notLive("read changelog").error();
   Changes out;

@@ -106,6 +106,13 @@ class Txn {
   Result<std::vector<UserRecord>> users();
   // Every token of one user, or of all users when `user` is nullopt; ordered by user then id.
   Result<std::vector<TokenRecord>> tokens(std::optional<Uuid> user);
+  // The keys of the tokens (ids) or users in byte order after `after` (from the first when it is
+  // empty or nullopt), up to and including `through` when given (PostgreSQL's `ORDER BY id COLLATE
+  // "C"` and uuid order are this order): the replica's reconciliation compares one such range at a
+  // time.
+  Result<std::vector<std::string>> tokenIdsAfter(std::string_view after,
+                                                 std::optional<std::string_view> through);
+  Result<std::vector<Uuid>> userIdsAfter(std::optional<Uuid> after, std::optional<Uuid> through);
   // Changes committed after txn id `since`, up to this transaction's snapshot. `gap` also when
   // `since` is newer than the snapshot (the database was replaced under the follower).
   Result<Changes> changesSince(uint64_t since);
