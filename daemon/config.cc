@@ -206,6 +206,10 @@ ParseOutcome parseConfig(int argc, char** argv, Config& c, int& exitCode) {
   addDuration(app, "--max-staleness", "TOKEND_MAX_STALENESS", "", c.maxStalenessSeconds,
               "With --postgres: once the copy has not been current for this long, answer "
               "'unavailable' (503) rather than trust it; 0s: no bound");
+  addDuration(app, "--reconcile-interval", "TOKEND_RECONCILE_INTERVAL", "",
+              c.reconcileIntervalSeconds,
+              "With --postgres: compare the whole copy with PostgreSQL and repair what differs, "
+              "and prune the change log, about this often; 0s: never");
   bool noAdmin = false;
   app.add_flag("--no-admin", noAdmin, "Do not create the admin user on a fresh data dir");
   app.add_flag("--allow-core-dumps", c.allowCoreDumps,

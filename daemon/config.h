@@ -39,6 +39,9 @@ struct Config {
   // SPEC 11 --max-staleness: seconds a replica may go without being current before it answers
   // `unavailable`; 0: no bound (serve the last copy however old).
   int64_t maxStalenessSeconds = 0;
+  // With --postgres: how often the whole copy is compared with PostgreSQL and repaired, and the
+  // change log pruned (0: never).
+  int64_t reconcileIntervalSeconds = 600;
 };
 
 enum class ParseOutcome { Run, Exit };

@@ -299,7 +299,10 @@ int run(int argc, char** argv) {
   }
   std::unique_ptr<replica::Replica> follower;
   if (replicaMode) {
-    auto r = replica::startReplica(**db, config.postgres, config.dataDir, [&] {
+    replica::ReplicaOptions options;
+    options.conninfo = config.postgres;
+    options.reconcileIntervalMs = config.reconcileIntervalSeconds * 1000;
+    auto r = replica::startReplica(**db, options, config.dataDir, [&] {
       sigset_t pending;
       sigpending(&pending);
       return sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1;

@@ -3,6 +3,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <map>
@@ -36,6 +37,14 @@ constexpr const char* kPollStatement = "tokend_poll";
 constexpr int64_t kIdleWatermarkStoreUs = 10'000'000;
 // A poll (query plus apply) slower than this is counted and its parts logged.
 constexpr int64_t kSlowPollUs = 50'000;
+// Rows compared per reconciliation step (one transaction between two polls).
+constexpr int kReconcilePage = 5000;
+// Repairs logged one by one per pass; the rest are counted.
+constexpr uint64_t kMaxRepairsLogged = 20;
+
+uint64_t keyHash(char kind, std::string_view key) {
+  return std::hash<std::string_view>{}(key)*31 + static_cast<uint64_t>(kind);
+}
 
 // The columns read, as text: 7 for users, 12 for api_keys (see PgUserRow, PgTokenRow).
 constexpr const char* kUserCols =
@@ -144,6 +153,7 @@ Result<bool> Replica::loaded() {
   if (!snap) return snap.error();
   if (*snap) {
     snapshot_ = **snap;
+    storedSnapshot_ = snapshot_;
     auto at = (*reader)->extMeta(kMetaCurrentAt);
     if (!at) return at.error();
     if (*at) stats_.currentAtUs.store(std::strtoll(std::string(**at).c_str(), nullptr, 10));
@@ -363,6 +373,7 @@ Result<void> Replica::fullLoad() {
   });
   if (!r) return r.error();
   snapshot_ = snapshot;
+  storedSnapshot_ = snapshot;
   watermarkStoredAtUs_ = nowUs();
   stats_.currentAtUs.store(watermarkStoredAtUs_, std::memory_order_relaxed);
   epoch_ = epoch;
@@ -526,6 +537,7 @@ Result<void> Replica::apply(const PollRows& rows) {
   });
   if (!r) return r.error();
   snapshot_ = rows.snapshot;
+  storedSnapshot_ = rows.snapshot;
   watermarkStoredAtUs_ = now;
   for (auto& [key, why] : refusedUsers) refuse("user", key, why);
   for (auto& [key, why] : refusedTokens) refuse("token", key, why);
@@ -533,11 +545,250 @@ Result<void> Replica::apply(const PollRows& rows) {
   return {};
 }
 
+// Reconciliation: a pass compares every row of PostgreSQL with the copy, one page per step
+// between polls. Each step is one REPEATABLE READ transaction that first polls (so the copy is
+// brought to exactly the transaction's snapshot S, the new watermark) and then reads one page at
+// S: every difference left is a divergence (a change the change log did not carry: triggers
+// disabled, a restored table, a bug), and the page's PostgreSQL rows are applied over it as a
+// poll's would be. Keys the copy holds that no page named are looked up at the end the same way.
+Result<void> Replica::reconcileStep() {
+  const int64_t now = nowUs();
+  if (pass_.stage == Pass::Stage::Idle) {
+    if (now < passDueUs_) return {};
+    pass_ = Pass{};
+    pass_.stage = Pass::Stage::Users;
+    pass_.startedUs = now;
+  }
+  const uint64_t loads = stats_.fullLoads.load(std::memory_order_relaxed);
+  PgConn& c = *conn_;
+  if (auto b = c.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", options_.queryTimeoutMs);
+      !b)
+    return b.error();
+  if (auto p = poll(); !p) return p;
+  if (stats_.fullLoads.load(std::memory_order_relaxed) != loads) {
+    // The poll loaded a full snapshot (which committed the transaction): that was a whole pass.
+    pass_.stage = Pass::Stage::Idle;
+    passDueUs_ = now + nextPassInUs();
+    return {};
+  }
+  PollRows diff;
+  diff.snapshot = snapshot_;
+  diff.epoch = epoch_;
+  const std::string limit = " LIMIT " + std::to_string(kReconcilePage);
+  if (pass_.stage == Pass::Stage::Users || pass_.stage == Pass::Stage::Tokens) {
+    const bool tokens = pass_.stage == Pass::Stage::Tokens;
+    std::string sql =
+        tokens
+            ? std::string("SELECT 'k', k.id, 'true', ") + kTokenCols + " FROM api_keys k" +
+                  (pass_.after.empty() ? "" : " WHERE k.id > $1") + " ORDER BY k.id" + limit
+            : std::string("SELECT 'u', u.id::text, 'true', ") + kUserCols + " FROM users u" +
+                  (pass_.after.empty() ? "" : " WHERE u.id > $1::uuid") + " ORDER BY u.id" + limit;
+    std::vector<std::optional<std::string>> params;
+    if (!pass_.after.empty()) params.push_back(pass_.after);
+    auto page = c.execParams(sql, params, options_.queryTimeoutMs);
+    if (!page) return page.error();
+    const PGresult* p = page->get();
+    const int n = PQntuples(p);
+    for (int i = 0; i < n; ++i) {
+      const std::string_view key = pgText(p, i, 1);
+      pass_.seen.push_back(keyHash(tokens ? 'k' : 'u', key));
+    }
+    if (auto r = compare(p, tokens, diff); !r) return r;
+    if (n > 0) pass_.after = pgText(p, n - 1, 1);
+    if (n < kReconcilePage) {
+      pass_.after.clear();
+      pass_.stage = tokens ? Pass::Stage::Rest : Pass::Stage::Tokens;
+    }
+  } else {
+    // What the copy holds and no page named: created after its page was read (then PostgreSQL
+    // has it now), or a divergence (PostgreSQL has no such row).
+    std::sort(pass_.seen.begin(), pass_.seen.end());
+    auto unseen = [&](char kind, const std::string& key) {
+      return !std::binary_search(pass_.seen.begin(), pass_.seen.end(), keyHash(kind, key));
+    };
+    std::vector<std::string> users, tokens;
+    {
+      auto reader = db_.reader();
+      if (!reader) return reader.error();
+      if (auto b = (*reader)->begin(); !b) return b.error();
+      auto uids = (*reader)->userIdsAfter(std::nullopt, std::nullopt);
+      if (!uids) return uids.error();
+      for (const Uuid& u : *uids)
+        if (std::string k = u.toString(); unseen('u', k)) users.push_back(std::move(k));
+      auto tids = (*reader)->tokenIdsAfter("", std::nullopt);
+      if (!tids) return tids.error();
+      for (std::string& k : *tids)
+        if (unseen('k', k)) tokens.push_back(std::move(k));
+    }
+    for (const bool isToken : {false, true}) {
+      const std::vector<std::string>& keys = isToken ? tokens : users;
+      if (keys.empty()) continue;
+      std::string array = "{";
+      for (const std::string& k : keys) array += (array.size() > 1 ? ",\"" : "\"") + k + "\"";
+      array += "}";
+      auto found =
+          c.execParams(isToken ? std::string("SELECT 'k', k.id, 'true', ") + kTokenCols +
+                                     " FROM api_keys k WHERE k.id = ANY($1::text[])"
+                               : std::string("SELECT 'u', u.id::text, 'true', ") + kUserCols +
+                                     " FROM users u WHERE u.id = ANY($1::uuid[])",
+                       {array}, options_.queryTimeoutMs);
+      if (!found) return found.error();
+      std::unordered_set<std::string> present;
+      for (int i = 0; i < PQntuples(found->get()); ++i) present.emplace(pgText(found->get(), i, 1));
+      if (auto r = compare(found->get(), isToken, diff); !r) return r;
+      for (const std::string& k : keys) {
+        if (present.count(k)) continue;
+        ++pass_.compared;
+        if (isToken)
+          diff.tokens[k] = std::nullopt;
+        else
+          diff.users[k] = std::nullopt;
+      }
+    }
+    pass_.stage = Pass::Stage::Idle;
+  }
+  (void)c.exec("COMMIT", options_.queryTimeoutMs);
+
+  const size_t differing = diff.users.size() + diff.tokens.size();
+  if (differing > 0) {
+    for (const auto& [key, row] : diff.users) {
+      if (pass_.repaired++ < kMaxRepairsLogged)
+        log::warn("Reconciliation: user {} differed from PostgreSQL{}; repaired", key,
+                  row ? "" : " (which has no such user)");
+    }
+    for (const auto& [key, row] : diff.tokens) {
+      if (pass_.repaired++ < kMaxRepairsLogged)
+        log::warn("Reconciliation: token {} differed from PostgreSQL{}; repaired", key,
+                  row ? "" : " (which has no such token)");
+    }
+    if (auto a = apply(diff); !a) return a;
+    stats_.reconcileRepaired.fetch_add(differing, std::memory_order_relaxed);
+  }
+  if (pass_.stage == Pass::Stage::Idle) {
+    stats_.reconcilePasses.fetch_add(1, std::memory_order_relaxed);
+    const double secs = static_cast<double>(nowUs() - pass_.startedUs) / 1e6;
+    if (pass_.repaired > 0) {
+      log::warn(
+          "Reconciled with PostgreSQL: {} of {} rows differed and were repaired ({:.2f} s); a "
+          "change reached PostgreSQL without tokend's change log (triggers disabled?)",
+          pass_.repaired, pass_.compared, secs);
+    } else {
+      log::debug("Reconciled with PostgreSQL: {} rows, none differed ({:.2f} s)", pass_.compared,
+                 secs);
+    }
+    pass_.seen = {};
+    passDueUs_ = nowUs() + nextPassInUs();
+    if (auto p = prune(); !p) {
+      (void)c.exec("ROLLBACK");
+      log::warn("Failed to prune PostgreSQL's change log: {}", p.error().message);
+    }
+  }
+  return {};
+}
+
+// Adds to `diff` every row of `rows` (kind, key, present, then the table's columns) that the
+// copy does not hold as a poll would have written it. last_used and updated_at are not compared:
+// PostgreSQL's change log does not carry a last_used change, and nothing verifies by either.
+Result<void> Replica::compare(const PGresult* rows, bool tokens, PollRows& diff) {
+  auto reader = db_.reader();
+  if (!reader) return reader.error();
+  if (auto b = (*reader)->begin(); !b) return b.error();
+  Txn& t = **reader;
+  for (int i = 0; i < PQntuples(rows); ++i) {
+    const std::string key(pgText(rows, i, 1));
+    ++pass_.compared;
+    stats_.reconcileCompared.fetch_add(1, std::memory_order_relaxed);
+    if (tokens) {
+      PgTokenRow row = tokenRow(rows, i, 3);
+      auto m = mapToken(row);
+      if (m.record) {
+        auto user = t.user(m.record->userId);
+        if (!user) return user.error();
+        if (!*user) m.record.reset();
+      }
+      auto local = t.token(key);
+      if (!local) return local.error();
+      bool same = m.record.has_value() == local->has_value();
+      if (same && m.record) {
+        TokenRecord a = *m.record, b = **local;
+        a.lastUsed = b.lastUsed = 0;
+        a.updatedAt = b.updatedAt = 0;
+        same = encodeToken(a) == encodeToken(b);
+      }
+      if (!same) diff.tokens[key] = std::move(row);
+    } else {
+      PgUserRow row = userRow(rows, i, 3);
+      auto m = mapUser(row);
+      auto id = Uuid::parse(key);
+      if (!id) continue;
+      auto local = t.user(*id);
+      if (!local) return local.error();
+      bool same = m.record.has_value() == local->has_value();
+      if (same && m.record) same = encodeUser(*m.record) == encodeUser(**local);
+      if (!same) diff.users[key] = std::move(row);
+    }
+  }
+  return {};
+}
+
+// Deletes the change-log rows that no replica needs any more: those of transactions older than
+// the oldest watermark's xmin that a replica recorded in tokend.replicas lately (one away longer
+// loads a full snapshot when it returns, as pruned_below tells it), and raises pruned_below in
+// the same transaction. One replica at a time (an advisory lock); a role that may not delete
+// is told once.
+Result<void> Replica::prune() {
+  PgConn& c = *conn_;
+  if (auto b = c.exec("BEGIN", options_.queryTimeoutMs); !b) return b.error();
+  auto lock = c.exec("SELECT pg_try_advisory_xact_lock(7366290003)", options_.queryTimeoutMs);
+  if (!lock) return lock.error();
+  if (pgText(lock->get(), 0, 0) != "t") {
+    (void)c.exec("ROLLBACK");
+    return {};
+  }
+  auto r =
+      c.execParams(R"sql(
+WITH h AS (
+  SELECT least(pg_snapshot_xmin(pg_current_snapshot()),
+               (SELECT pg_snapshot_xmin(snapshot::pg_snapshot) FROM tokend.replicas
+                WHERE applied_at > now() - make_interval(secs => $1::double precision)
+                ORDER BY 1 LIMIT 1)) AS below),
+d AS (DELETE FROM tokend.changelog WHERE xid < (SELECT below FROM h) RETURNING 1)
+UPDATE tokend.schema_version SET pruned_below = greatest(pruned_below, (SELECT below FROM h))
+RETURNING (SELECT count(*) FROM d)::text)sql",
+                   {std::to_string(options_.pruneAbsentAfterSeconds)}, options_.queryTimeoutMs);
+  if (!r) {
+    if (r.error().message.find("permission denied") != std::string::npos) {
+      (void)c.exec("ROLLBACK");
+      if (!pruneRefusedLogged_) {
+        pruneRefusedLogged_ = true;
+        log::warn(
+            "Not pruning PostgreSQL's change log: this role may not ({}); grant it DELETE on "
+            "tokend.changelog and UPDATE on tokend.schema_version, or prune from another",
+            r.error().message);
+      }
+      return {};
+    }
+    return r.error();
+  }
+  const uint64_t n = std::strtoull(PQgetvalue(r->get(), 0, 0), nullptr, 10);
+  if (auto cm = c.exec("COMMIT", options_.queryTimeoutMs); !cm) return cm.error();
+  stats_.changelogPruned.fetch_add(n, std::memory_order_relaxed);
+  if (n > 0) log::debug("Pruned {} rows of PostgreSQL's change log", n);
+  return {};
+}
+
+int64_t Replica::nextPassInUs() {
+  const int64_t whole = options_.reconcileIntervalMs * 1000;
+  return std::uniform_int_distribution<int64_t>(whole - whole / 4, whole)(rng_);
+}
+
 void Replica::report() {
   const int64_t now = nowUs();
   const uint64_t changes = stats_.changesApplied.load(std::memory_order_relaxed);
   // Cheap: a write only when something was applied since the last one (at most once per
-  // interval), else once a minute to say the replica is alive.
+  // interval), else once a minute to say the replica is alive. The position written is the one
+  // stored in LMDB, where a restart resumes, so that pruning below it (prune) never forces a
+  // reload on this replica.
   if (changes == reportedChanges_ && now - reportedAtUs_ < 60'000'000) return;
   if (now - reportedAtUs_ < int64_t{options_.reportIntervalMs} * 1000) return;
   auto r = conn_->execParams(
@@ -545,7 +796,7 @@ void Replica::report() {
       "VALUES ($1, $2, now(), $3, $4) ON CONFLICT (name) DO UPDATE SET snapshot = "
       "EXCLUDED.snapshot, applied_at = EXCLUDED.applied_at, changes_applied = "
       "EXCLUDED.changes_applied, rows_refused = EXCLUDED.rows_refused",
-      {options_.name, snapshot_, std::to_string(changes),
+      {options_.name, storedSnapshot_, std::to_string(changes),
        std::to_string(stats_.rowsRefused.load(std::memory_order_relaxed))},
       options_.queryTimeoutMs);
   if (!r) {
@@ -563,7 +814,7 @@ bool Replica::sleepFor(int ms) {
 
 void Replica::run() {
   pthread_setname_np(pthread_self(), "tokend-replica");
-  std::mt19937 rng(std::random_device{}());
+  if (options_.reconcileIntervalMs > 0) passDueUs_ = nowUs() + nextPassInUs();
   int backoffMs = 0;
   bool everConnected = conn_->ok();
   bool failing = false;
@@ -580,7 +831,7 @@ void Replica::run() {
                     c.error().message);
           failing = true;
         }
-        sleepFor(std::uniform_int_distribution<int>(backoffMs / 2, backoffMs)(rng));
+        sleepFor(std::uniform_int_distribution<int>(backoffMs / 2, backoffMs)(rng_));
         continue;
       }
       if (everConnected) stats_.reconnects.fetch_add(1, std::memory_order_relaxed);
@@ -614,6 +865,18 @@ void Replica::run() {
       log::info("Replica is current with PostgreSQL (snapshot {})", snapshot_);
     }
     report();
+    if (options_.reconcileIntervalMs > 0) {
+      if (auto r = reconcileStep(); !r) {
+        // The pass goes on from the same page at the next step.
+        if (conn_->ok()) (void)conn_->exec("ROLLBACK");
+        if (!reconcileFailing_) {
+          log::warn("Failed to reconcile with PostgreSQL (retrying): {}", r.error().message);
+        }
+        reconcileFailing_ = true;
+      } else {
+        reconcileFailing_ = false;
+      }
+    }
     sleepFor(options_.pollIntervalMs);
   }
   conn_->close();

@@ -12,16 +12,14 @@
 
 namespace tokend::replica {
 
-Result<std::unique_ptr<Replica>> startReplica(verifier::KeyDb& db, const std::string& conninfo,
+Result<std::unique_ptr<Replica>> startReplica(verifier::KeyDb& db, ReplicaOptions options,
                                               const std::string& dataDir,
                                               const std::function<bool()>& stopRequested) {
   char host[256] = {};
   ::gethostname(host, sizeof host - 1);
   char real[PATH_MAX];
   std::string dir = ::realpath(dataDir.c_str(), real) ? real : dataDir;
-  ReplicaOptions options;
-  options.conninfo = conninfo;
-  options.name = std::string(host) + ":" + dir;
+  if (options.name.empty()) options.name = std::string(host) + ":" + dir;
   auto replica = std::make_unique<Replica>(db, options);
   auto loaded = replica->loaded();
   if (!loaded) return loaded.error();

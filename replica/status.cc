@@ -49,6 +49,18 @@ std::string renderMetrics(const ReplicaStats& s) {
   one("tokend_replica_slow_polls_total", "counter",
       "Polls whose query and apply took over 50 ms (each logs its parts, at most every 10 s).",
       s.slowPolls.load(std::memory_order_relaxed));
+  one("tokend_replica_reconcile_passes_total", "counter",
+      "Whole passes comparing the copy with PostgreSQL (--reconcile-interval).",
+      s.reconcilePasses.load(std::memory_order_relaxed));
+  one("tokend_replica_reconcile_compared_total", "counter",
+      "Rows compared with PostgreSQL by reconciliation.",
+      s.reconcileCompared.load(std::memory_order_relaxed));
+  one("tokend_replica_reconcile_repaired_total", "counter",
+      "Rows that differed from PostgreSQL without a change-log entry, and were repaired.",
+      s.reconcileRepaired.load(std::memory_order_relaxed));
+  one("tokend_replica_changelog_pruned_total", "counter",
+      "Rows of PostgreSQL's change log this replica deleted (no replica needed them).",
+      s.changelogPruned.load(std::memory_order_relaxed));
   return o;
 }
 
