@@ -434,3 +434,65 @@ TEST_SUITE("PostgresReplica") {
     CHECK(r.daemon->log().find("current again") != std::string::npos);
   }
 }
+
+TEST_SUITE("PostgresReconcile") {
+  TEST_CASE(
+      "reconciliation repairs changes that bypassed the change log, and pruning keeps what an "
+      "absent replica still needs") {
+    PgCluster::skipUnlessAvailable();
+    Fleet f(2, {"--reconcile-interval", "1s"});
+    const std::string user = pgUser(f.pg, "rita");
+    PgToken a = pgToken(f.pg, user), b = pgToken(f.pg, user);
+    awaitEverywhere(f, a, "");
+    awaitEverywhere(f, b, "");
+    // Triggers off (session_replication_role = replica): no change-log row, so no replica hears
+    // of these; only reconciliation can find them.
+    PgToken c{randomAlnum(10), randomAlnum(22), user};
+    f.pg.psqlOk("SET session_replication_role = replica; UPDATE api_keys SET expires_at = now() "
+                "- interval '1 minute' WHERE id = '" +
+                a.id + "'; DELETE FROM api_keys WHERE id = '" + b.id +
+                "'; INSERT INTO api_keys (id, hashed_secret, user_id, expires_at, login_type, "
+                "token_name, scopes, allow_list, lifetime_seconds) VALUES ('" +
+                c.id + "', sha256('" + c.secret + "'::bytea), '" + user +
+                "', now() + interval '1 day', 'token', '" + c.id +
+                "', '{coder:all}', '{*:*}', 86400)");
+    for (auto& r : f.replicas) {
+      Daemon& d = *r->daemon;
+      CHECK(waitFor([&] { return d.text(verifyLine(a, "")).rfind("DENY ", 0) == 0; },
+                    std::chrono::seconds(10)));
+      CHECK(waitFor([&] { return d.text(verifyLine(b, "")) == "DENY unknown 401"; },
+                    std::chrono::seconds(10)));
+      CHECK(waitFor([&] { return d.text(verifyLine(c, "")).rfind("OK ", 0) == 0; },
+                    std::chrono::seconds(10)));
+      CHECK(!fastAllowed(*r, a, ""));
+      const std::string m = httpRequest(d.socket(), "GET", "/metrics").body;
+      CHECK(m.find("tokend_replica_reconcile_repaired_total 3\n") != std::string::npos);
+      CHECK(d.log().find("Reconciliation: token " + b.id) != std::string::npos);
+    }
+    // Every replica has recorded a position past those rows: the change log empties.
+    CHECK(waitFor([&] { return f.pg.psqlOk("SELECT count(*) FROM tokend.changelog") == "0"; },
+                  std::chrono::seconds(15)));
+    // A replica away (within a day) holds the pruning back: its changes wait for it.
+    f.replicas[1]->daemon->stop();
+    f.pg.psqlOk("UPDATE api_keys SET expires_at = now() WHERE id = '" + c.id + "'");
+    CHECK(waitFor([&] {
+      return f.replicas[0]->daemon->text(verifyLine(c, "")).rfind("DENY ", 0) == 0;
+    }));
+    const auto passes = [&](Daemon& d) {
+      const std::string m = httpRequest(d.socket(), "GET", "/metrics").body;
+      const std::string key = "\ntokend_replica_reconcile_passes_total ";
+      return std::stoi(m.substr(m.find(key) + key.size()));
+    };
+    const int before = passes(*f.replicas[0]->daemon);
+    REQUIRE(waitFor([&] { return passes(*f.replicas[0]->daemon) >= before + 2; },
+                    std::chrono::seconds(10)));
+    CHECK(f.pg.psqlOk("SELECT count(*) FROM tokend.changelog") != "0");
+    f.replicas[1]->daemon->restart();
+    Daemon& back = *f.replicas[1]->daemon;
+    CHECK(waitFor([&] { return back.text(verifyLine(c, "")).rfind("DENY ", 0) == 0; }));
+    CHECK(httpRequest(back.socket(), "GET", "/metrics")
+              .body.find("tokend_replica_full_loads_total 0\n") != std::string::npos);
+    CHECK(waitFor([&] { return f.pg.psqlOk("SELECT count(*) FROM tokend.changelog") == "0"; },
+                  std::chrono::seconds(15)));
+  }
+}
