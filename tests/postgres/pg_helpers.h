@@ -10,7 +10,7 @@
 namespace tokend::test {
 
 inline std::string randomAlnum(size_t n) {
-  static std::mt19937_64 rng(std::random_device{}());
+  thread_local std::mt19937_64 rng(std::random_device{}());
   static const char* abc = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
   std::string s;
   for (size_t i = 0; i < n; ++i) s += abc[rng() % 62];

@@ -5,11 +5,17 @@
 #include <fmt/format.h>
 #include <tokend/client.h>
 
+#include <signal.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <random>
+#include <sstream>
 #include <thread>
 
 #include "tests/postgres/pg_helpers.h"
@@ -448,14 +454,14 @@ TEST_SUITE("PostgresReconcile") {
     // Triggers off (session_replication_role = replica): no change-log row, so no replica hears
     // of these; only reconciliation can find them.
     PgToken c{randomAlnum(10), randomAlnum(22), user};
-    f.pg.psqlOk("SET session_replication_role = replica; UPDATE api_keys SET expires_at = now() "
-                "- interval '1 minute' WHERE id = '" +
-                a.id + "'; DELETE FROM api_keys WHERE id = '" + b.id +
-                "'; INSERT INTO api_keys (id, hashed_secret, user_id, expires_at, login_type, "
-                "token_name, scopes, allow_list, lifetime_seconds) VALUES ('" +
-                c.id + "', sha256('" + c.secret + "'::bytea), '" + user +
-                "', now() + interval '1 day', 'token', '" + c.id +
-                "', '{coder:all}', '{*:*}', 86400)");
+    f.pg.psqlOk(
+        "SET session_replication_role = replica; UPDATE api_keys SET expires_at = now() "
+        "- interval '1 minute' WHERE id = '" +
+        a.id + "'; DELETE FROM api_keys WHERE id = '" + b.id +
+        "'; INSERT INTO api_keys (id, hashed_secret, user_id, expires_at, login_type, "
+        "token_name, scopes, allow_list, lifetime_seconds) VALUES ('" +
+        c.id + "', sha256('" + c.secret + "'::bytea), '" + user +
+        "', now() + interval '1 day', 'token', '" + c.id + "', '{coder:all}', '{*:*}', 86400)");
     for (auto& r : f.replicas) {
       Daemon& d = *r->daemon;
       CHECK(waitFor([&] { return d.text(verifyLine(a, "")).rfind("DENY ", 0) == 0; },
@@ -475,9 +481,8 @@ TEST_SUITE("PostgresReconcile") {
     // A replica away (within a day) holds the pruning back: its changes wait for it.
     f.replicas[1]->daemon->stop();
     f.pg.psqlOk("UPDATE api_keys SET expires_at = now() WHERE id = '" + c.id + "'");
-    CHECK(waitFor([&] {
-      return f.replicas[0]->daemon->text(verifyLine(c, "")).rfind("DENY ", 0) == 0;
-    }));
+    CHECK(waitFor(
+        [&] { return f.replicas[0]->daemon->text(verifyLine(c, "")).rfind("DENY ", 0) == 0; }));
     const auto passes = [&](Daemon& d) {
       const std::string m = httpRequest(d.socket(), "GET", "/metrics").body;
       const std::string key = "\ntokend_replica_reconcile_passes_total ";
@@ -494,5 +499,134 @@ TEST_SUITE("PostgresReconcile") {
               .body.find("tokend_replica_full_loads_total 0\n") != std::string::npos);
     CHECK(waitFor([&] { return f.pg.psqlOk("SELECT count(*) FROM tokend.changelog") == "0"; },
                   std::chrono::seconds(15)));
+  }
+}
+
+TEST_SUITE("PostgresConvergence") {
+  TEST_CASE(
+      "convergence: four writers making random changes, a replica killed with -9 mid-stream; "
+      "then every replica's verdict for every token is PostgreSQL's, on both paths") {
+    PgCluster::skipUnlessAvailable();
+    // Reconciliation runs during the load too: it must find nothing to repair.
+    Fleet f(3, {"--reconcile-interval", "2s"});
+    std::vector<std::string> users;
+    for (int i = 0; i < 8; ++i) users.push_back(pgUser(f.pg, "conv" + std::to_string(i)));
+    std::mutex mu;
+    std::vector<PgToken> tokens;
+    for (int i = 0; i < 16; ++i) tokens.push_back(pgToken(f.pg, users[i % users.size()]));
+    constexpr int kOpsPerWriter = 120;
+    std::atomic<int> done{0};
+    auto writer = [&](unsigned seed) {
+      std::mt19937 rng(seed);
+      for (int op = 0; op < kOpsPerWriter; ++op, ++done) {
+        const std::string& u = users[rng() % users.size()];
+        PgToken t;
+        {
+          std::lock_guard lock(mu);
+          t = tokens[rng() % tokens.size()];
+        }
+        switch (rng() % 8) {
+          case 0:
+          case 1: {
+            PgToken n{randomAlnum(10), randomAlnum(22), u};
+            f.pg.psqlOk(
+                "INSERT INTO api_keys (id, hashed_secret, user_id, expires_at, login_type, "
+                "token_name, scopes, allow_list, lifetime_seconds) SELECT '" +
+                n.id + "', sha256('" + n.secret + "'::bytea), '" + u +
+                "', now() + interval '1 day', 'token', '" + n.id +
+                "', '{coder:all}', '{*:*}', 86400");
+            std::lock_guard lock(mu);
+            tokens.push_back(n);
+            break;
+          }
+          case 2:
+            f.pg.psqlOk("UPDATE api_keys SET expires_at = now() WHERE id = '" + t.id + "'");
+            break;
+          case 3:
+            f.pg.psqlOk("DELETE FROM api_keys WHERE id = '" + t.id + "'");
+            break;
+          case 4:
+            f.pg.psqlOk(
+                "UPDATE users SET status = CASE WHEN status = 'active' THEN "
+                "'suspended'::user_status ELSE 'active' END WHERE id = '" +
+                u + "'");
+            break;
+          case 5:
+            f.pg.psqlOk(
+                "UPDATE users SET rbac_roles = CASE WHEN rbac_roles = '{}' THEN "
+                "'{owner}'::text[] ELSE '{}' END WHERE id = '" +
+                u + "'");
+            break;
+          case 6:
+            f.pg.psqlOk("UPDATE users SET deleted = NOT deleted WHERE id = '" + u + "'");
+            break;
+          case 7:
+            // Several rows in one transaction.
+            f.pg.psqlOk("BEGIN; UPDATE users SET rbac_roles = '{owner}' WHERE id = '" + u +
+                        "'; UPDATE api_keys SET expires_at = now() + interval '2 days' WHERE "
+                        "user_id = '" +
+                        u + "'; COMMIT");
+            break;
+        }
+      }
+    };
+    std::vector<std::thread> writers;
+    for (unsigned i = 0; i < 4; ++i) writers.emplace_back(writer, 1000 + i);
+    Replica& victim = *f.replicas[2];
+    REQUIRE(waitFor([&] { return done >= 4 * kOpsPerWriter / 3; }, std::chrono::seconds(60)));
+    victim.daemon->kill(SIGKILL);
+    REQUIRE(waitFor([&] { return done >= 2 * 4 * kOpsPerWriter / 3; }, std::chrono::seconds(60)));
+    victim.daemon->restart();
+    for (auto& w : writers) w.join();
+    // A sentinel committed after every change: once a replica serves it, it has applied them all
+    // (it applies in snapshot order).
+    const std::string su = pgUser(f.pg, "sentinel");
+    PgToken sentinel = pgToken(f.pg, su);
+    for (auto& r : f.replicas) {
+      REQUIRE(
+          waitFor([&] { return r->daemon->text(verifyLine(sentinel, "")).rfind("OK ", 0) == 0; },
+                  std::chrono::seconds(10)));
+    }
+    // PostgreSQL's verdicts.
+    std::map<std::string, std::pair<bool, bool>> expect;  // id -> (valid, owner)
+    for (const PgToken& t : tokens) expect[t.id] = {false, false};
+    std::istringstream rows(f.pg.psqlOk(
+        "SELECT k.id, (k.expires_at > now() + interval '5 seconds' AND u.id IS NOT NULL AND NOT "
+        "u.deleted AND u.status IN ('active', 'dormant'))::text, ('owner' = ANY(u.rbac_roles))"
+        "::text FROM api_keys k LEFT JOIN users u ON u.id = k.user_id"));
+    for (std::string line; std::getline(rows, line);) {
+      const auto a = line.find('|'), b = line.rfind('|');
+      expect[line.substr(0, a)] = {line.substr(a + 1, b - a - 1) == "true",
+                                   line.substr(b + 1) == "true"};
+    }
+    size_t divergent = 0, checked = 0, valid = 0;
+    for (auto& r : f.replicas) {
+      for (const PgToken& t : tokens) {
+        const auto [ok, owner] = expect.at(t.id);
+        valid += ok && &r == &f.replicas[0];
+        const bool socketOk = r->daemon->text(verifyLine(t, "")).rfind("OK ", 0) == 0;
+        const bool auditOk = r->daemon->text(verifyLine(t, "audit_log:read")).rfind("OK ", 0) == 0;
+        const bool fastOk = fastAllowed(*r, t, "");
+        const bool fastAudit = fastAllowed(*r, t, "audit_log:read");
+        checked += 4;
+        const size_t before = divergent;
+        for (bool got : {socketOk, fastOk})
+          if (got != ok) ++divergent;
+        for (bool got : {auditOk, fastAudit})
+          if (got != (ok && owner)) ++divergent;
+        if (divergent != before && divergent <= 10) {
+          fmt::print(
+              "divergent: token {} on {}: PostgreSQL valid={} owner={}; socket {} {}, "
+              "fast path {} {}\n",
+              t.id, r->daemon->socket(), ok, owner, socketOk, auditOk, fastOk, fastAudit);
+        }
+      }
+      const std::string m = httpRequest(r->daemon->socket(), "GET", "/metrics").body;
+      CHECK(m.find("\ntokend_replica_reconcile_repaired_total 0\n") != std::string::npos);
+    }
+    fmt::print("convergence: {} tokens ({} valid), {} verdicts on 3 replicas, {} divergent\n",
+               tokens.size(), valid, checked, divergent);
+    CHECK(divergent == 0);
+    CHECK(valid > 0);
   }
 }
