@@ -23,30 +23,51 @@ constexpr const char* kStatement = "tokend_writeback";
 // active (dormant counts) and not deleted. A row that no condition selects is not written at
 // all; a deleted row matches nothing.
 //
-// Every condition on the token reads `k`, the row being updated, so that under READ COMMITTED a
-// revocation committed while this statement waits for the row's lock is re-checked on the new
-// row version (PostgreSQL re-evaluates WHERE and SET on it). The user's row is read FOR SHARE:
-// a plain read would use the statement's snapshot and slide the token of a user whose
-// suspension commits while the statement runs (seen in a test); the lock waits for that
-// suspension and reads the committed row, and a suspension that comes later waits for this
-// statement, which is then ordered before it.
+// Locks first, and never a wait: the tokens' rows (`l`, FOR NO KEY UPDATE SKIP LOCKED), then
+// their users' rows (`a`, FOR SHARE SKIP LOCKED). Waiting would be wrong twice over:
+//  - A statement waiting for one row's lock (a long transaction) holds the locks of the rows it
+//    already updated, so a revocation of those would wait for it (seen in a test: a 4 s
+//    transaction held a revocation up).
+//  - After such a wait PostgreSQL re-checks the updated row's new version, but a subquery
+//    inside that re-check reads the statement's old snapshot: a user suspended meanwhile
+//    still read as active, and the token slid (seen by hand).
+// A row lock in a CTE returns the row's latest committed version, re-checked (READ COMMITTED),
+// and nothing can change it until this statement commits: the conditions below read what is
+// true at the commit. A skipped token row is answered 'locked' (the daemon keeps its use for the
+// next round); a skipped user row only means no slide this time (the daemon drops the slid
+// cache entry, and the next use slides). The conditions on the token read `k`, the row
+// updated, which is the locked version.
 constexpr const char* kUpdateSql = R"sql(
-UPDATE api_keys k SET
-  last_used = CASE WHEN k.last_used < v.at - interval '1 hour' THEN v.at ELSE k.last_used END,
-  expires_at = CASE WHEN %SLIDE% THEN v.at + k.lifetime_seconds * interval '1 second'
-                    ELSE k.expires_at END
-FROM (SELECT i.id, to_timestamp(i.at) AS at, to_timestamp(i.seen) AS seen, i.refresh
-      FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bool[]) AS i(id, at, seen, refresh)) v
-WHERE k.id = v.id AND (k.last_used < v.at - interval '1 hour' OR %SLIDE%)
-RETURNING k.id, k.expires_at = v.at + k.lifetime_seconds * interval '1 second'
+WITH v AS (
+  SELECT i.id, to_timestamp(i.at) AS at, to_timestamp(i.seen) AS seen, i.refresh
+  FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bool[]) AS i(id, at, seen, refresh)),
+l AS (
+  SELECT k.id, k.user_id FROM api_keys k WHERE k.id = ANY ($1::text[])
+  ORDER BY k.id FOR NO KEY UPDATE SKIP LOCKED),
+a AS (
+  SELECT u.id FROM users u WHERE u.id IN (SELECT l.user_id FROM l) AND NOT u.deleted
+    AND u.status::text IN ('active', 'dormant')
+  FOR SHARE SKIP LOCKED),
+w AS (
+  UPDATE api_keys k SET
+    last_used = CASE WHEN k.last_used < v.at - interval '1 hour' THEN v.at ELSE k.last_used END,
+    expires_at = CASE WHEN %SLIDE% THEN v.at + k.lifetime_seconds * interval '1 second'
+                      ELSE k.expires_at END
+  FROM v JOIN l ON l.id = v.id
+  WHERE k.id = v.id AND (k.last_used < v.at - interval '1 hour' OR %SLIDE%)
+  RETURNING k.id, k.expires_at = v.at + k.lifetime_seconds * interval '1 second' AS slid)
+SELECT w.id, CASE WHEN w.slid THEN 'slid' ELSE 'written' END FROM w
+UNION ALL
+SELECT v.id, 'locked' FROM v
+WHERE NOT EXISTS (SELECT 1 FROM l WHERE l.id = v.id)
+  AND EXISTS (SELECT 1 FROM api_keys k WHERE k.id = v.id)
 )sql";
 
 constexpr const char* kSlide = R"sql((v.refresh
-    AND k.login_type::text IN ('password', 'github', 'oidc')
-    AND k.expires_at <= v.at + (k.lifetime_seconds - 3600) * interval '1 second'
-    AND k.expires_at >= v.at AND k.expires_at > clock_timestamp() AND k.expires_at >= v.seen
-    AND EXISTS (SELECT 1 FROM users u WHERE u.id = k.user_id AND NOT u.deleted
-                AND u.status::text IN ('active', 'dormant') FOR SHARE)))sql";
+      AND k.login_type::text IN ('password', 'github', 'oidc')
+      AND k.expires_at <= v.at + (k.lifetime_seconds - 3600) * interval '1 second'
+      AND k.expires_at >= v.at AND k.expires_at > clock_timestamp() AND k.expires_at >= v.seen
+      AND EXISTS (SELECT 1 FROM a WHERE a.id = k.user_id)))sql";
 
 std::string updateSql() {
   std::string sql = kUpdateSql;
@@ -97,20 +118,26 @@ Result<size_t> PgWriteback::writeChunk(std::span<TokenUse* const> chunk) {
   auto r = conn_->execPrepared(kStatement, {ids, ats, seens, refreshes}, options_.timeoutMs);
   if (!r) return r.error();
   const PGresult* p = r->get();
-  const int rows = PQntuples(p);
-  for (int i = 0; i < rows; ++i) {
-    if (pgText(p, i, 1) != "t") continue;
-    const std::string_view id = pgText(p, i, 0);
+  size_t rows = 0, locked = 0;
+  for (int i = 0; i < PQntuples(p); ++i) {
+    const std::string_view id = pgText(p, i, 0), what = pgText(p, i, 1);
     auto it = std::lower_bound(chunk.begin(), chunk.end(), id, [](const TokenUse* u, auto want) {
       return std::string_view(u->id.data(), u->id.size()) < want;
     });
-    if (it != chunk.end() && std::string_view((*it)->id.data(), (*it)->id.size()) == id)
-      (*it)->refreshed = true;
+    if (it == chunk.end() || std::string_view((*it)->id.data(), (*it)->id.size()) != id) continue;
+    if (what == "locked") {
+      (*it)->locked = true;
+      ++locked;
+      continue;
+    }
+    ++rows;
+    if (what == "slid") (*it)->refreshed = true;
   }
   stats_.statements.fetch_add(1, std::memory_order_relaxed);
   stats_.uses.fetch_add(chunk.size(), std::memory_order_relaxed);
-  stats_.rows.fetch_add(static_cast<uint64_t>(rows), std::memory_order_relaxed);
-  return static_cast<size_t>(rows);
+  stats_.rows.fetch_add(rows, std::memory_order_relaxed);
+  stats_.locked.fetch_add(locked, std::memory_order_relaxed);
+  return rows;
 }
 
 Result<size_t> PgWriteback::write(std::span<TokenUse> uses) {
@@ -140,6 +167,7 @@ Result<size_t> PgWriteback::write(std::span<TokenUse> uses) {
   sorted.reserve(uses.size());
   for (TokenUse& u : uses) {
     u.refreshed = false;
+    u.locked = false;
     sorted.push_back(&u);
   }
   std::sort(sorted.begin(), sorted.end(), [](const TokenUse* a, const TokenUse* b) {
@@ -183,6 +211,10 @@ std::string renderWritebackMetrics(const WritebackStats& s) {
   one("tokend_replica_writeback_rows_total", "counter",
       "api_keys rows the write-back changed (last_used, the sliding refresh).",
       s.rows.load(std::memory_order_relaxed));
+  one("tokend_replica_writeback_locked_total", "counter",
+      "Token uses not written because another transaction held the row's lock (kept for the "
+      "next round).",
+      s.locked.load(std::memory_order_relaxed));
   one("tokend_replica_writeback_failures_total", "counter",
       "Write-back rounds that failed (their uses are kept for the next round).",
       s.failures.load(std::memory_order_relaxed));

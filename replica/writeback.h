@@ -31,6 +31,7 @@ struct TokenUse {
   // was lowered after the use (a revocation to a time still ahead, say) and is never raised.
   int64_t seenExpiresAt = 0;
   bool refreshed = false;  // set by write(): PostgreSQL's expiry slid to at + lifetime
+  bool locked = false;     // set by write(): another transaction held the row, nothing written
 };
 
 struct WritebackOptions {
@@ -46,6 +47,7 @@ struct WritebackStats {
   std::atomic<uint64_t> statements{0};  // UPDATE statements committed
   std::atomic<uint64_t> uses{0};        // token uses sent in them
   std::atomic<uint64_t> rows{0};        // api_keys rows they changed
+  std::atomic<uint64_t> locked{0};      // uses skipped: the row was locked by another transaction
   std::atomic<uint64_t> failures{0};    // rounds that failed (the daemon keeps their uses)
   std::atomic<uint64_t> reconnects{0};  // connections made after the first
 };
@@ -58,7 +60,8 @@ class PgWriteback {
   PgWriteback& operator=(const PgWriteback&) = delete;
 
   // Writes `uses` (one per token) in as few statements as maxBatch allows, each one UPDATE ...
-  // FROM unnest(...) in its own transaction, and marks each use whose refresh was written;
+  // FROM unnest(...) in its own transaction, and marks each use whose refresh was written, and
+  // each whose row another transaction held locked (never waited for: nothing written);
   // connects first when there is no connection (its own, not the follower's; a connection found
   // lost at the first statement, idle for long, is made again once at once). Returns how many
   // rows PostgreSQL changed. Errors: "Failed to
@@ -84,7 +87,7 @@ class PgWriteback {
 };
 
 // Prometheus text: tokend_replica_writeback_connected, _statements_total, _uses_total,
-// _rows_total, _failures_total, _reconnects_total.
+// _rows_total, _locked_total, _failures_total, _reconnects_total.
 std::string renderWritebackMetrics(const WritebackStats& stats);
 
 }  // namespace tokend::replica
