@@ -368,7 +368,10 @@ int run(int argc, char** argv) {
         uses[i].seenExpiresAt = due[i].use.seenExpiresAt;
       }
       auto written = wb->write(uses);
-      for (size_t i = 0; i < due.size(); ++i) due[i].refreshed = uses[i].refreshed;
+      for (size_t i = 0; i < due.size(); ++i) {
+        due[i].refreshed = uses[i].refreshed;
+        due[i].retry = uses[i].locked;
+      }
       return written;
     };
   }

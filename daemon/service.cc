@@ -294,6 +294,10 @@ size_t Service::keepUses(const LatestUses& latest) {
     u.seenExpiresAt = use.seenExpiresAt;
     keep.push_back(u);
   }
+  return keepUses(std::move(keep));
+}
+
+size_t Service::keepUses(std::vector<Use> keep) {
   size_t dropped = 0;
   {
     std::lock_guard lock(reportedMu_);
@@ -387,9 +391,16 @@ Result<size_t> Service::writeElsewhere(const LatestUses& latest) {
   if (!written) return written.error();
   // A refresh the sink did not write (revoked, deleted, slid by another replica, a user
   // suspended) was already in the cache: drop the entry, the next verification reads the copy.
+  // A use it could not write now (its row locked elsewhere) waits for the next round.
+  std::vector<Use> retry;
   for (const DueUse& d : due) {
-    if (d.update.refresh && !d.refreshed) cache_.invalidateToken(idOf(d.use.id));
+    if (d.retry) {
+      retry.push_back(d.use);
+    } else if (d.update.refresh && !d.refreshed) {
+      cache_.invalidateToken(idOf(d.use.id));
+    }
   }
+  if (!retry.empty()) keepUses(std::move(retry));
   return *written;
 }
 

@@ -46,6 +46,7 @@ struct DueUse {
   Use use;  // the token's latest use
   verifier::UsageUpdate update;
   bool refreshed = false;  // set by writeUses: the refresh was written
+  bool retry = false;      // set by writeUses: nothing written now, keep it for the next round
 };
 
 // Why reportUses() refused an entry (the label of tokend_usage_reports_refused_total).
@@ -70,9 +71,10 @@ struct ServiceOptions {
   std::function<bool()> unavailable;
   // When set, the write-back hands each round's due uses to it instead of writing the local
   // database (SPEC 11: a replica's copy follows PostgreSQL, which takes the writes). It returns
-  // how many tokens it changed and marks each DueUse whose refresh it wrote; a refresh it did
-  // not write is taken out of the cache (whose copy had it already), so the next verification
-  // reads the local copy again. On an error every use is kept for the next round (bounded).
+  // how many tokens it changed and marks each DueUse whose refresh it wrote, and each to try
+  // again next round; a refresh it did not write is taken out of the cache (whose copy had it
+  // already), so the next verification reads the local copy again. On an error every use is
+  // kept for the next round (bounded).
   std::function<Result<size_t>(std::span<DueUse>)> writeUses;
 };
 
@@ -163,9 +165,11 @@ class Service {
   using LatestUses = std::unordered_map<std::string_view, Latest>;
   Result<size_t> writeLocal(const LatestUses& latest);
   Result<size_t> writeElsewhere(const LatestUses& latest);
-  // Puts uses back for the next round, at most kMaxReportedUses in all; returns how many did
-  // not fit (their cache entries are dropped, so that no optimistic mark outlives them).
+  // Puts uses back for the next round (in replica mode at most kMaxReportedUses in all); returns
+  // how many did not fit (their cache entries are dropped, so that no optimistic mark outlives
+  // them).
   size_t keepUses(const LatestUses& latest);
+  size_t keepUses(std::vector<Use> keep);
 
   verifier::KeyDb& db_;
   shm::Cache& cache_;
