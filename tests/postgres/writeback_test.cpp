@@ -333,6 +333,43 @@ TEST_SUITE("PostgresWriteback") {
     CHECK(ordered);
   }
 
+  TEST_CASE(
+      "a row locked by a long transaction holds up neither the other tokens' write-back nor "
+      "anyone waiting for them, and its own use is written once the lock is gone") {
+    PgCluster::skipUnlessAvailable();
+    Fleet f(1, 50);
+    Daemon& d = *f.replicas[0];
+    const std::string user = pgUser(f.pg, "gina");
+    PgToken held = pgToken(f.pg, user), free = pgToken(f.pg, user);
+    awaitLoaded(d, held);
+    awaitLoaded(d, free);
+    // Holds held's row for 3 s (a change tokend does not follow, like Coder's ip_address).
+    Child txn =
+        spawn({std::string(PgCluster::kBin) + "/psql", "-X", "-q", "-d", f.pg.conninfo(), "-c",
+               "BEGIN; UPDATE api_keys SET ip_address = '10.0.0.1' WHERE id = '" + held.id +
+                   "'; SELECT pg_sleep(3); COMMIT;"},
+              {}, "/tmp");
+    REQUIRE(waitFor([&] {
+      return f.pg.psqlOk(
+                 "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'BEGIN;%' AND "
+                 "backend_xid IS NOT NULL") == "1";
+    }));
+    const auto locked = Clock::now();
+    REQUIRE(ok(d, held));
+    REQUIRE(ok(d, free));
+    CHECK(waitFor([&] { return lastUsed(f.pg, free) != kEpoch; }, std::chrono::seconds(2)));
+    CHECK(Clock::now() - locked < std::chrono::milliseconds(2500));
+    CHECK(lastUsed(f.pg, held) == kEpoch);
+    CHECK(metric(d, "tokend_replica_writeback_locked_total") >= 1);
+    // The write-back holds no lock while it waits: a write to free's row goes through at once.
+    const auto t0 = Clock::now();
+    f.pg.psqlOk("UPDATE api_keys SET expires_at = now() WHERE id = '" + free.id + "'");
+    CHECK(Clock::now() - t0 < std::chrono::milliseconds(1000));
+    CHECK(txn.stop(0) == 0);  // waits for psql (signal 0 only checks)
+    CHECK(waitFor([&] { return lastUsed(f.pg, held) != kEpoch; }, std::chrono::seconds(3)));
+    CHECK(count(d.log(), "Failed to write back token uses") == 0);
+  }
+
   TEST_CASE("PostgreSQL down: uses are kept, the failure is logged once, and written on return") {
     PgCluster::skipUnlessAvailable();
     Fleet f(1, 50);
