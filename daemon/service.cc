@@ -380,7 +380,8 @@ Result<size_t> Service::writeElsewhere(const LatestUses& latest) {
       d.use.seenExpiresAt = use.seenExpiresAt;
       d.update = usageUpdate(t.loginType, t.expiresAt, t.lifetimeSeconds, t.lastUsed, use.at,
                              options_.lifetimes);
-      // A reported use refreshes nothing the local copy has expired by the use's time.
+      // Nothing the local copy had expired by the use's time slides (a revocation followed
+      // already, and the cache still held the old expiry).
       if (isExpired(t.expiresAt, use.at)) d.update.refresh = false;
       if (d.update.any()) due.push_back(d);
     }
