@@ -161,8 +161,8 @@ Result<size_t> PgWriteback::write(std::span<TokenUse> uses) {
     }
     if (auto c = connect(); !c) return failed(c.error());
   }
-  // Sorted by id: two replicas writing the same tokens take their row locks in one order (and
-  // the answer's ids are found by binary search).
+  // Sorted by id: the answer's ids are found by binary search. (The locks are taken in id
+  // order too, and never waited for: no deadlock with another replica's write-back.)
   std::vector<TokenUse*> sorted;
   sorted.reserve(uses.size());
   for (TokenUse& u : uses) {
