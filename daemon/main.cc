@@ -29,6 +29,7 @@
 #include "daemon/tcp_listen.h"
 #include "replica/start.h"
 #include "replica/status.h"
+#include "replica/writeback.h"
 #include "shm/cache.h"
 #include "verifier/catalog.h"
 #include "verifier/manage.h"
@@ -286,10 +287,9 @@ int run(int argc, char** argv) {
     return 1;
   }
   verifier::Manager manager(**db, config.lifetimes);
-  // SPEC 11: PostgreSQL holds the users (the first owner too); nothing is written back to it
-  // yet, so the sliding refresh, which only a write-back makes real, is off.
+  // SPEC 11: PostgreSQL holds the users (the first owner too), and takes last_used and the
+  // sliding refresh from every replica (replica/writeback.h).
   const bool replicaMode = !config.postgres.empty();
-  if (replicaMode) config.lifetimes.refreshEnabled = false;
   // The local copy follows PostgreSQL: a change made to it alone would diverge (or be undone by
   // the next reload). Writing through to PostgreSQL is not built yet: refuse, clearly.
   if (replicaMode) {
@@ -357,6 +357,27 @@ int run(int argc, char** argv) {
   Metrics metrics(config.loop.threads);
   ServiceOptions serviceOptions{config.lifetimes, config.writebackIntervalMs,
                                 config.invalidationPollUs};
+  // Declared before the service: its last write-back, in stop(), goes through it.
+  std::unique_ptr<replica::PgWriteback> pgWriteback;
+  if (replicaMode) {
+    pgWriteback = std::make_unique<replica::PgWriteback>(
+        replica::WritebackOptions{.conninfo = config.postgres});
+    serviceOptions.writeUses = [wb = pgWriteback.get()](std::span<DueUse> due) -> Result<size_t> {
+      std::vector<replica::TokenUse> uses(due.size());
+      for (size_t i = 0; i < due.size(); ++i) {
+        uses[i].id = due[i].use.id;
+        uses[i].at = due[i].use.at;
+        uses[i].refresh = due[i].update.refresh;
+        uses[i].seenExpiresAt = due[i].use.seenExpiresAt;
+      }
+      auto written = wb->write(uses);
+      for (size_t i = 0; i < due.size(); ++i) {
+        due[i].refreshed = uses[i].refreshed;
+        due[i].retry = uses[i].locked;
+      }
+      return written;
+    };
+  }
   if (follower && config.maxStalenessSeconds > 0) {
     serviceOptions.unavailable = [stats = &follower->stats(), max = config.maxStalenessSeconds] {
       return replica::olderThan(*stats, max);
@@ -370,7 +391,10 @@ int run(int argc, char** argv) {
       config.loop.threads);
   if (follower) {
     const replica::ReplicaStats* stats = &follower->stats();
-    factory.setExtraMetrics([stats] { return replica::renderMetrics(*stats); });
+    const replica::WritebackStats* written = &pgWriteback->stats();
+    factory.setExtraMetrics([stats, written] {
+      return replica::renderMetrics(*stats) + replica::renderWritebackMetrics(*written);
+    });
     factory.setNotReady([stats] { return replica::notReady(*stats); });
   }
   auto server = Server::create(listeners, config.loop, factory);

@@ -1,6 +1,7 @@
 // The verification path, the changelog watcher and the write-back.
 #include "daemon/service.h"
 
+#include <fmt/format.h>
 #include <pthread.h>
 
 #include <algorithm>
@@ -147,6 +148,7 @@ void Service::noteVerified(Worker& w, const shm::CacheEntry& e, Reason verdict, 
     Use use;
     std::memcpy(use.id.data(), e.tokenId, kTokenIdLength);
     use.at = now;
+    use.seenExpiresAt = e.expiresAt;
     std::lock_guard lock(w.usesMu_);
     w.uses_.push_back(use);
   }
@@ -216,6 +218,7 @@ size_t Service::reportUses(std::span<const Use> uses, bool attached) {
     Use u = reported;
     u.at = std::min(u.at, now);
     u.reported = true;
+    u.seenExpiresAt = e.expiresAt;
     if (isExpired(e.expiresAt, u.at) || (e.flags & shm::kFlagUserActive) == 0) {
       refuse(UseRefusal::Expired);
       continue;
@@ -250,21 +253,69 @@ Result<void> Service::flushUses() {
     reported_.clear();
   }
   if (uses.empty()) return {};
-  // One write per token: its latest use (reported only when no verification saw it as late).
-  struct Latest {
-    int64_t at;
-    bool reported;
-  };
-  std::unordered_map<std::string_view, Latest> latest;
+  // One write per token: its latest use (reported only when no verification saw it as late),
+  // with the expiry that use saw (the lower one of two at the same second).
+  LatestUses latest;
   for (const Use& u : uses) {
-    auto [it, fresh] = latest.try_emplace(idOf(u.id), Latest{u.at, u.reported});
+    auto [it, fresh] = latest.try_emplace(idOf(u.id), Latest{u.at, u.reported, u.seenExpiresAt});
     if (fresh) continue;
     if (u.at > it->second.at) {
-      it->second = Latest{u.at, u.reported};
+      it->second = Latest{u.at, u.reported, u.seenExpiresAt};
     } else if (u.at == it->second.at) {
       it->second.reported = it->second.reported && u.reported;
+      it->second.seenExpiresAt = std::min(it->second.seenExpiresAt, u.seenExpiresAt);
     }
   }
+  auto written = options_.writeUses ? writeElsewhere(latest) : writeLocal(latest);
+  if (!written) {
+    metrics_.writebackErrors.fetch_add(1, std::memory_order_relaxed);
+    // Keep the uses for the next round, a full disk or PostgreSQL down must not lose them: one
+    // per token (its latest), so that a database refusing writes for hours costs memory per
+    // token, not per use.
+    const size_t dropped = keepUses(latest);
+    if (dropped == 0) return written.error();
+    return makeError(fmt::format("{} ({} uses dropped: more than {} tokens wait)",
+                                 written.error().message, dropped, kMaxReportedUses),
+                     written.error().code);
+  }
+  metrics_.writebackBatches.fetch_add(1, std::memory_order_relaxed);
+  metrics_.writebackTokens.fetch_add(*written, std::memory_order_relaxed);
+  return {};
+}
+
+size_t Service::keepUses(const LatestUses& latest) {
+  std::vector<Use> keep;
+  keep.reserve(latest.size());
+  for (const auto& [id, use] : latest) {
+    Use u;
+    std::copy_n(id.data(), kTokenIdLength, u.id.data());
+    u.at = use.at;
+    u.reported = use.reported;
+    u.seenExpiresAt = use.seenExpiresAt;
+    keep.push_back(u);
+  }
+  return keepUses(std::move(keep));
+}
+
+size_t Service::keepUses(std::vector<Use> keep) {
+  size_t dropped = 0;
+  {
+    std::lock_guard lock(reportedMu_);
+    // Bounded in replica mode (PostgreSQL may be away for long); the local database's
+    // write-back keeps every token's use, as it always has.
+    const size_t limit = options_.writeUses ? kMaxReportedUses : SIZE_MAX;
+    const size_t room = limit > reported_.size() ? limit - reported_.size() : 0;
+    if (keep.size() > room) dropped = keep.size() - room;
+    reported_.insert(reported_.end(), keep.begin(), keep.end() - static_cast<ptrdiff_t>(dropped));
+  }
+  // The cache holds what a dropped use would have written (noteVerified's marks): without the
+  // write, it must not keep an expiry the database never had.
+  for (size_t i = keep.size() - dropped; i < keep.size(); ++i)
+    cache_.invalidateToken(idOf(keep[i].id));
+  return dropped;
+}
+
+Result<size_t> Service::writeLocal(const LatestUses& latest) {
   const LifetimeConfig& cfg = options_.lifetimes;
   const int64_t writeNow = clockNow();
   size_t written = 0;
@@ -297,26 +348,61 @@ Result<void> Service::flushUses() {
     }
     return {};
   });
-  if (!r) {
-    metrics_.writebackErrors.fetch_add(1, std::memory_order_relaxed);
-    // Keep the uses for the next round, a full disk must not lose them: one per token (its
-    // latest), so that a database refusing writes for hours costs memory per token, not per use.
-    std::vector<Use> keep;
-    keep.reserve(latest.size());
-    for (const auto& [id, use] : latest) {
-      Use u;
-      std::copy_n(id.data(), kTokenIdLength, u.id.data());
-      u.at = use.at;
-      u.reported = use.reported;
-      keep.push_back(u);
-    }
-    std::lock_guard lock(reportedMu_);
-    reported_.insert(reported_.end(), keep.begin(), keep.end());
-    return r.error();
+  if (!r) return r.error();
+  return written;
+}
+
+Result<size_t> Service::writeElsewhere(const LatestUses& latest) {
+  // What is due by the local copy (SPEC 3's rules, as the standalone write-back decides them):
+  // a token deleted here, or with nothing due, is not sent. The sink applies the same rules to
+  // its own rows again (the local copy may be a moment old).
+  if (!flushReader_) {
+    auto reader = db_.reader();
+    if (!reader) return reader.error();
+    flushReader_ = std::move(*reader);
   }
-  metrics_.writebackBatches.fetch_add(1, std::memory_order_relaxed);
-  metrics_.writebackTokens.fetch_add(written, std::memory_order_relaxed);
-  return {};
+  std::vector<DueUse> due;
+  due.reserve(latest.size());
+  {
+    if (auto b = flushReader_->begin(); !b) return b.error();
+    for (const auto& [id, use] : latest) {
+      auto rec = flushReader_->token(id);
+      if (!rec) {
+        flushReader_->end();
+        return rec.error();
+      }
+      if (!*rec) continue;
+      const TokenRecord& t = **rec;
+      DueUse d;
+      std::copy_n(id.data(), kTokenIdLength, d.use.id.data());
+      d.use.at = use.at;
+      d.use.reported = use.reported;
+      d.use.seenExpiresAt = use.seenExpiresAt;
+      d.update = usageUpdate(t.loginType, t.expiresAt, t.lifetimeSeconds, t.lastUsed, use.at,
+                             options_.lifetimes);
+      // Nothing the local copy had expired by the use's time slides (a revocation followed
+      // already, and the cache still held the old expiry).
+      if (isExpired(t.expiresAt, use.at)) d.update.refresh = false;
+      if (d.update.any()) due.push_back(d);
+    }
+    flushReader_->end();
+  }
+  if (due.empty()) return size_t{0};
+  auto written = options_.writeUses(due);
+  if (!written) return written.error();
+  // A refresh the sink did not write (revoked, deleted, slid by another replica, a user
+  // suspended) was already in the cache: drop the entry, the next verification reads the copy.
+  // A use it could not write now (its row locked elsewhere) waits for the next round.
+  std::vector<Use> retry;
+  for (const DueUse& d : due) {
+    if (d.retry) {
+      retry.push_back(d.use);
+    } else if (d.update.refresh && !d.refreshed) {
+      cache_.invalidateToken(idOf(d.use.id));
+    }
+  }
+  if (!retry.empty()) keepUses(std::move(retry));
+  return *written;
 }
 
 void Service::pollChanges(Reader& reader) {

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <span>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "base/result.h"
@@ -34,6 +35,18 @@ struct Use {
   // Learnt from a client's USAGE_REPORT, not from a verification of this daemon: the write-back
   // then refreshes no expiry that has passed meanwhile (a report never revives a session).
   bool reported = false;
+  // The expiry the use was verified against (the cached entry's): a write-back to PostgreSQL
+  // raises no expiry that was lowered below it meanwhile (ServiceOptions::writeUses).
+  int64_t seenExpiresAt = 0;
+};
+
+// One token's write-back as flushUses decided it (usageUpdate against the local copy), for
+// ServiceOptions::writeUses.
+struct DueUse {
+  Use use;  // the token's latest use
+  verifier::UsageUpdate update;
+  bool refreshed = false;  // set by writeUses: the refresh was written
+  bool retry = false;      // set by writeUses: nothing written now, keep it for the next round
 };
 
 // Why reportUses() refused an entry (the label of tokend_usage_reports_refused_total).
@@ -56,6 +69,13 @@ struct ServiceOptions {
   // `unavailable` (SPEC 11 --max-staleness) and the cache is empty, so that libtokend's fast
   // path misses and asks the socket. Empty: never.
   std::function<bool()> unavailable;
+  // When set, the write-back hands each round's due uses to it instead of writing the local
+  // database (SPEC 11: a replica's copy follows PostgreSQL, which takes the writes). It returns
+  // how many tokens it changed and marks each DueUse whose refresh it wrote, and each to try
+  // again next round; a refresh it did not write is taken out of the cache (whose copy had it
+  // already), so the next verification reads the local copy again. On an error every use is
+  // kept for the next round (bounded).
+  std::function<Result<size_t>(std::span<DueUse>)> writeUses;
 };
 
 class Service {
@@ -136,6 +156,20 @@ class Service {
   void writeback();
   void pollChanges(verifier::Reader& reader);
   void checkAvailable();  // watcher thread: follows options_.unavailable
+  // flushUses' two ends: the local database (standalone), or options_.writeUses.
+  struct Latest {
+    int64_t at;
+    bool reported;
+    int64_t seenExpiresAt;
+  };
+  using LatestUses = std::unordered_map<std::string_view, Latest>;
+  Result<size_t> writeLocal(const LatestUses& latest);
+  Result<size_t> writeElsewhere(const LatestUses& latest);
+  // Puts uses back for the next round (in replica mode at most kMaxReportedUses in all); returns
+  // how many did not fit (their cache entries are dropped, so that no optimistic mark outlives
+  // them).
+  size_t keepUses(const LatestUses& latest);
+  size_t keepUses(std::vector<Use> keep);
 
   verifier::KeyDb& db_;
   shm::Cache& cache_;
@@ -157,8 +191,9 @@ class Service {
   std::deque<std::function<void()>> jobs_;  // guarded by stopMu_
   std::thread watcher_;
   std::thread writer_;
-  uint64_t lastSeenTxn_ = 0;  // watcher thread only
-  std::mutex flushMu_;        // one write-back at a time
+  uint64_t lastSeenTxn_ = 0;                       // watcher thread only
+  std::mutex flushMu_;                             // one write-back at a time
+  std::unique_ptr<verifier::Reader> flushReader_;  // writeElsewhere's, under flushMu_
 };
 
 }  // namespace tokend::daemon
