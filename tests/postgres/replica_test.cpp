@@ -27,10 +27,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// SPEC 11's bound from commit to refusal. TOKEND_PG_LAG_BOUND_MS replaces it: the `postgres`
-// suite runs with 1000 (every change applied, by every path, within a second), the
-// `known-failing` suite's postgres_replica_100ms with SPEC 11's 100 (docs/replication.md: one CI
-// run saw 124-210 ms on two replicas at once, four others 5-56 ms; the cause is not found yet).
+// SPEC 11's bound from commit to refusal; TOKEND_PG_LAG_BOUND_MS replaces it (to explore).
 double lagBoundMs() {
   const char* v = std::getenv("TOKEND_PG_LAG_BOUND_MS");
   return v && *v ? std::strtod(v, nullptr) : 100.0;
